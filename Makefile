@@ -1,0 +1,47 @@
+# The front door. `make run` and `make test` work on a fresh clone with ../shared beside it.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+UV_VERSION := 0.13.9
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install data run test lint typecheck unit repro clean help
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+install: $(STAMP) data ## Create .venv, install the pinned lock and the package, pull data (idempotent)
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(BIN)/uv pip install --python $(BIN)/python -q -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
+	@touch $(STAMP)
+
+data: $(STAMP) ## Pull the raw CSVs from the DVC remote (../shared/dvc-store) when missing
+	@for f in data/raw/*.dvc; do test -f "$${f%.dvc}" || { $(BIN)/dvc pull -q && break; }; done
+
+run: install ## Train what has no champion, start MLflow + the APIs; Ctrl-C stops all
+	$(BIN)/portfolio up
+
+lint: $(STAMP) ## ruff
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+typecheck: $(STAMP) ## mypy
+	$(BIN)/mypy
+
+unit: install ## pytest only
+	$(BIN)/pytest
+
+test: install lint typecheck ## lint + types + the whole test suite
+	$(BIN)/pytest
+
+repro: install ## Run the DVC pipeline (validate → train → evaluate per service)
+	$(BIN)/dvc repro
+
+clean: ## Remove local state (MLflow db, artifacts, caches), keep .venv and data
+	rm -rf .portfolio reports .pytest_cache .mypy_cache .ruff_cache test-output

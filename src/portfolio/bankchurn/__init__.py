@@ -1,0 +1,1 @@
+"""BankChurn Predictor: will a bank customer leave? (binary classification, XGBoost)."""

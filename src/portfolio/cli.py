@@ -1,0 +1,354 @@
+"""`portfolio`: train, predict, evaluate, serve, promote, validate, models, up."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from portfolio.core.settings import Settings, get_settings
+from portfolio.services import SERVICES, get_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+out = Console()
+
+ServiceArg = Annotated[str, typer.Argument(help=f"Service: {', '.join(SERVICES)}")]
+
+
+def _settings() -> Settings:
+    from portfolio.core.logs import setup_logging
+
+    s = get_settings()
+    setup_logging(s.log_level, json_logs=False)
+    return s
+
+
+def _spec(name: str) -> Any:
+    try:
+        return get_spec(name)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from None
+
+
+def _metrics_table(title: str, cv: dict[str, Any], test: dict[str, Any]) -> Table:
+    t = Table(title=title)
+    t.add_column("metric")
+    t.add_column("CV (out-of-fold) [95% CI]", justify="right")
+    t.add_column("hold-out [95% CI]", justify="right")
+    for k, v in cv.items():
+        tv = test.get(k)
+        t.add_row(
+            k,
+            f"{v['value']:.4f} [{v['ci_low']:.4f}, {v['ci_high']:.4f}]",
+            f"{tv['value']:.4f} [{tv['ci_low']:.4f}, {tv['ci_high']:.4f}]" if tv else "",
+        )
+    return t
+
+
+@app.command()
+def train(
+    service: ServiceArg,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="Also write the summary here (DVC metrics).")
+    ] = None,
+) -> None:
+    """Cross-validate, fit, evaluate, log to MLflow, register and gate (`all` trains every service)."""
+    from portfolio.core.training import train_service
+
+    settings = _settings()
+    names = list(SERVICES) if service == "all" else [service]
+    summaries = []
+    for name in names:
+        spec = _spec(name)
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            tasks: dict[str, Any] = {}
+
+            def on_progress(
+                desc: str, done: int, total: int, tasks: dict[str, Any] = tasks, progress: Any = progress
+            ) -> None:
+                if desc not in tasks:
+                    tasks[desc] = progress.add_task(desc, total=total)
+                progress.update(tasks[desc], completed=done)
+
+            outcome = train_service(spec, settings, progress=on_progress)
+        out.print(
+            _metrics_table(f"{spec.title}: {outcome.best} v{outcome.version}", outcome.cv, outcome.test)
+        )
+        cand = Table(title="candidates (cross-validation)")
+        cand.add_column("candidate")
+        cand.add_column(f"cv_{spec.primary_metric}", justify="right")
+        for cname, vals in outcome.candidates.items():
+            cand.add_row(cname, f"{vals[f'cv_{spec.primary_metric}']:.4f}")
+        out.print(cand)
+        if outcome.threshold is not None:
+            out.print(f"threshold: {outcome.threshold:.4f}")
+        out.print(
+            f"registered {spec.name} v{outcome.version} → alias [bold]{outcome.alias}[/bold] "
+            f"({outcome.gate['reason']})"
+        )
+        summaries.append(outcome.summary())
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+
+
+def _predictor(service: str, version: str | None) -> Any:
+    from portfolio.core import registry
+    from portfolio.core.inference import Predictor
+
+    settings = _settings()
+    spec = _spec(service)
+    registry.configure(settings)
+    try:
+        loaded = (
+            registry.load_version(spec, settings, version)
+            if version
+            else registry.load_champion(spec, settings)
+        )
+    except registry.NoChampionError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(3) from None
+    return Predictor(spec, loaded)
+
+
+@app.command()
+def predict(
+    service: ServiceArg,
+    input: Annotated[Path, typer.Argument(help="CSV with the dataset's raw columns.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions.")],
+    version: Annotated[str | None, typer.Option(help="Registered version (default: champion).")] = None,
+) -> None:
+    """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
+    from portfolio.core.batch import InputFileError, predict_csv
+
+    if not input.exists():
+        console.print(f"[red]input file not found: {input}[/red]")
+        raise typer.Exit(2)
+    predictor = _predictor(service, version)
+    settings = get_settings()
+    with Progress(
+        TextColumn("scoring"),
+        MofNCompleteColumn(),
+        TextColumn("rows"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("rows", total=None)
+        try:
+            report = predict_csv(
+                predictor,
+                input,
+                output,
+                settings.batch_chunk_rows,
+                on_chunk=lambda n: progress.advance(task, n),
+            )
+        except InputFileError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    out.print(
+        f"{report.rows} rows scored with {service} v{predictor.version}: "
+        f"{report.ok} ok, {report.failed} failed validation → {output}"
+    )
+    if report.failed:
+        t = Table(title="validation failures")
+        t.add_column("reason")
+        t.add_column("rows", justify="right")
+        for reason, n in list(report.reasons.items())[:10]:
+            t.add_row(reason, str(n))
+        out.print(t)
+
+
+@app.command()
+def evaluate(
+    service: ServiceArg,
+    labeled: Annotated[Path | None, typer.Argument(help="Labeled CSV (raw columns + target).")] = None,
+    holdout: Annotated[bool, typer.Option(help="Evaluate on the training hold-out split instead.")] = False,
+    version: Annotated[str | None, typer.Option(help="Registered version (default: champion).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Metrics (with 95% bootstrap intervals) of the champion on labeled data, printed as JSON."""
+    from portfolio.core.data import DataUnavailableError, load_training_data
+    from portfolio.core.training import evaluate_model, split
+
+    predictor = _predictor(service, version)
+    settings = get_settings()
+    spec = predictor.spec
+    if labeled is None and not holdout:
+        console.print("[red]give a LABELED.csv or --holdout[/red]")
+        raise typer.Exit(2)
+    try:
+        ds = load_training_data(spec, settings, labeled)
+    except DataUnavailableError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    except Exception as exc:
+        console.print(f"[red]{labeled}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if holdout:
+        _, X, _, y = split(spec, ds, settings)
+    else:
+        X, y = ds.X, ds.y
+    metrics = evaluate_model(spec, predictor.model, X, y.to_numpy(), settings)
+    result = {
+        "service": spec.name,
+        "version": predictor.version,
+        "data": "hold-out split" if holdout else str(labeled),
+        "rows_evaluated": len(X),
+        "rows_excluded": ds.report()["rows_in_file"] - ds.report()["rows_used"],
+        "exclusions": ds.report()["schema"]["by_reason"],
+        "threshold": predictor.threshold,
+        "metrics": metrics,
+    }
+    text = json.dumps(result, indent=2)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    print(text)
+
+
+@app.command()
+def validate(
+    service: ServiceArg,
+    file: Annotated[Path | None, typer.Argument(help="CSV to check (default: the raw data).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+) -> None:
+    """Validate a data file against the service's schema; report bad rows by reason."""
+    from portfolio.core.data import load_training_data
+
+    settings = _settings()
+    spec = _spec(service)
+    ds = load_training_data(spec, settings, file)
+    report = ds.report()
+    text = json.dumps(report, indent=2, default=str)
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text)
+    t = Table(title=f"{spec.name}: {report['file']}")
+    t.add_column("check")
+    t.add_column("rows", justify="right")
+    t.add_row("rows in file", str(report["rows_in_file"]))
+    t.add_row("rows used for training", str(report["rows_used"]))
+    for reason, n in report["schema"]["by_reason"].items():
+        t.add_row(f"schema: {reason}", str(n))
+    if report["target_invalid_rows"]:
+        t.add_row("unusable target", str(report["target_invalid_rows"]))
+    for rule, n in ((report.get("cleaning") or {}).get("excluded_by_rule") or {}).items():
+        t.add_row(f"cleaning: {rule}", str(n))
+    out.print(t)
+
+
+@app.command()
+def promote(
+    service: ServiceArg, version: Annotated[str, typer.Argument(help="Version to make champion.")]
+) -> None:
+    """Move alias `champion` to VERSION by hand."""
+    from portfolio.core import registry
+
+    settings = _settings()
+    spec = _spec(service)
+    registry.configure(settings)
+    try:
+        mv = registry.promote(spec.name, version)
+    except Exception as exc:
+        console.print(f"[red]cannot promote {spec.name} v{version}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    out.print(f"{spec.name}: champion → v{mv.version}")
+
+
+@app.command()
+def models(service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None) -> None:
+    """List registered versions with their aliases and hold-out metrics."""
+    from mlflow.tracking import MlflowClient
+
+    from portfolio.core import registry
+
+    settings = _settings()
+    registry.configure(settings)
+    client = MlflowClient()
+    for name in [service] if service else list(SERVICES):
+        spec = _spec(name)
+        t = Table(title=spec.title)
+        for col in ("version", "aliases", f"test_{spec.primary_metric}", "created"):
+            t.add_column(col)
+        try:
+            versions = list(client.search_model_versions(f"name='{name}'"))
+        except Exception:
+            versions = []
+        for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+            run = client.get_run(mv.run_id) if mv.run_id else None
+            val = run.data.metrics.get(f"test_{spec.primary_metric}") if run else None
+            t.add_row(
+                str(mv.version),
+                ",".join(mv.aliases or []),
+                "" if val is None else f"{val:.4f}",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
+            )
+        out.print(t)
+
+
+@app.command()
+def serve(
+    service: ServiceArg,
+    host: Annotated[str | None, typer.Option(help="Bind address (PORTFOLIO_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (PORTFOLIO_PORT).")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (PORTFOLIO_WORKERS).")] = None,
+) -> None:
+    """Start the service's API (uvicorn)."""
+    import uvicorn
+
+    settings = _settings()
+    _spec(service)
+    os.environ["PORTFOLIO_SERVICE"] = service
+    uvicorn.run(
+        "portfolio.core.api:app_from_env",
+        factory=True,
+        host=host or settings.host,
+        port=port or settings.port,
+        workers=workers or settings.workers,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@app.command()
+def up(
+    services: Annotated[str, typer.Option(help="Comma-separated services to run.")] = ",".join(SERVICES),
+) -> None:
+    """Train any service without a champion, start a real MLflow server and the APIs; Ctrl-C stops all."""
+    from portfolio.core.stack import run_stack
+
+    settings = _settings()
+    names = [s.strip() for s in services.split(",") if s.strip()]
+    for n in names:
+        _spec(n)
+    sys.exit(run_stack(settings, names, console=out))
+
+
+def main() -> None:
+    # Ctrl-C in a child process should not print a traceback.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    logging.captureWarnings(True)
+    app()
+
+
+if __name__ == "__main__":
+    main()

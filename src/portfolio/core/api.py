@@ -1,0 +1,404 @@
+"""FastAPI app factory shared by every service: /health /ready /model /predict /predict/batch
+/metrics. A service contributes only its spec; nothing here is service-specific."""
+
+
+import logging
+import math
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from pydantic import ConfigDict, create_model
+from pydantic import Field as PydField
+
+from portfolio.core import registry
+from portfolio.core.inference import Predictor
+from portfolio.core.logs import request_id
+from portfolio.core.schema import request_model
+from portfolio.core.settings import Settings, get_settings
+from portfolio.core.spec import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+
+class ModelHolder:
+    """The model a running service answers with. Loads in the background (so /health answers at
+    once and /ready says 503 until a model is there), retries the tracking server with backoff,
+    and swaps in a newer champion atomically; a failed refresh keeps the current model."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings):
+        self.spec = spec
+        self.settings = settings
+        self.predictor: Predictor | None = None
+        self.error: str | None = None
+        self.state = "loading"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def load_now(self) -> Predictor:
+        loaded = registry.load_champion(self.spec, self.settings)
+        predictor = Predictor(self.spec, loaded)
+        with self._lock:
+            self.predictor, self.error, self.state = predictor, None, "ready"
+        log.info("%s v%s loaded (%s)", self.spec.name, loaded.version, loaded.source)
+        return predictor
+
+    def refresh(self) -> bool:
+        """Swap in the current champion if it changed. True when a new version was loaded."""
+        registry.configure(self.settings)
+        mv = registry.champion_version(self.spec.name)
+        current = self.predictor.version if self.predictor else None
+        if mv is None or str(mv.version) == current:
+            return False
+        loaded = registry.load_version(self.spec, self.settings, mv.version)
+        with self._lock:
+            self.predictor = Predictor(self.spec, loaded)
+            self.state, self.error = "ready", None
+        log.info("%s: champion changed %s → v%s", self.spec.name, current, loaded.version)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{self.spec.name}-loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        delay = max(self.settings.model_load_backoff_s, 0.1)
+        while not self._stop.is_set() and self.predictor is None:
+            try:
+                self.load_now()
+            except Exception as exc:
+                self.error, self.state = str(exc), "no model"
+                log.warning("%s: no model yet (%s); retrying in %.0fs", self.spec.name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        interval = self.settings.model_poll_interval_s
+        while interval > 0 and not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving what we have
+                log.warning("%s: champion refresh failed: %s", self.spec.name, exc)
+
+
+class Metrics:
+    def __init__(self, spec: ServiceSpec):
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "portfolio_requests",
+            "HTTP requests",
+            ["service", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "portfolio_request_latency_seconds",
+            "Request latency",
+            ["service", "endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "portfolio_predictions",
+            "Predictions by class (classification) or count",
+            ["service", "label"],
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "portfolio_model_version",
+            "Version of the model being served",
+            ["service"],
+            registry=self.registry,
+        )
+        self.model_ready = Gauge(
+            "portfolio_model_ready", "1 when a model is loaded", ["service"], registry=self.registry
+        )
+
+
+def _error_items(exc: RequestValidationError) -> list[dict[str, Any]]:
+    items = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+        reason = str(err.get("msg", "invalid"))
+        if err.get("type") == "extra_forbidden":
+            reason = "unknown field"
+        elif err.get("type") == "json_invalid":
+            reason = "malformed JSON: " + str((err.get("ctx") or {}).get("error", ""))
+            loc = []
+        items.append({"field": ".".join(loc) or "body", "reason": reason})
+    return items
+
+
+def create_app(
+    spec: ServiceSpec, settings: Settings | None = None, holder: ModelHolder | None = None
+) -> FastAPI:
+    settings = settings or get_settings()
+    holder = holder or ModelHolder(spec, settings)
+    metrics = Metrics(spec)
+    Record = request_model(f"{spec.name.title()}Record", spec.fields)
+    Batch = create_model(  # type: ignore[call-overload]
+        f"{spec.name.title()}Batch",
+        __config__=ConfigDict(extra="forbid"),
+        records=(list[Record], PydField(..., min_length=1, max_length=settings.max_batch_size)),  # type: ignore[valid-type]
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        holder.start()
+        yield
+        holder.stop()
+
+    app = FastAPI(
+        title=f"{spec.title} API",
+        description=spec.description,
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    app.state.metrics = metrics
+    if settings.cors_origins.strip():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.cors_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST"],
+            allow_headers=["*"],
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _error_items(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse({"detail": [{"field": "", "reason": "internal error"}]}, status_code=500)
+
+    def require_model() -> Predictor:
+        p = holder.predictor
+        if p is None:
+            raise ModelUnavailable(holder.error or holder.state)
+        return p
+
+    @app.exception_handler(ModelUnavailable)
+    async def on_unavailable(request: Request, exc: ModelUnavailable) -> JSONResponse:
+        return JSONResponse(
+            {"detail": [{"field": "", "reason": f"model not loaded: {exc}"}]}, status_code=503
+        )
+
+    @app.get("/health", tags=["ops"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process is up (a model may still be loading)."""
+        return {"status": "ok", "service": spec.name}
+
+    @app.get("/ready", tags=["ops"], responses={503: {"description": "no model loaded"}})
+    async def ready() -> JSONResponse:
+        """Readiness: 200 only when a model is loaded."""
+        p = holder.predictor
+        if p is None:
+            return JSONResponse(
+                {"status": holder.state, "service": spec.name, "detail": holder.error}, status_code=503
+            )
+        body: dict[str, Any] = {"status": "ready", "service": spec.name, "model_version": p.version}
+        if p.loaded.source != "registry":
+            body["status"] = "degraded"
+            body["detail"] = "tracking server unreachable: serving the cached champion"
+        return JSONResponse(body)
+
+    @app.get("/model", tags=["model"])
+    async def model_info() -> dict[str, Any]:
+        """Name, version, threshold, metrics and input schema of the served model."""
+        p = require_model()
+        return {
+            "name": spec.name,
+            "title": spec.title,
+            "task": spec.task,
+            "version": p.version,
+            "source": p.loaded.source,
+            "threshold": p.threshold,
+            "sha256": p.loaded.sha256,
+            "metrics": {k: v for k, v in sorted(p.loaded.metrics.items()) if not math.isnan(v)},
+            "outputs": p.output_columns,
+            "input_schema": Record.model_json_schema(),
+        }
+
+    def respond(p: Predictor, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out = p.predict_records(rows)
+        for item in out:
+            item["model_version"] = p.version
+            if spec.task == "classification":
+                item["threshold"] = p.threshold
+                metrics.predictions.labels(spec.name, str(item["prediction"])).inc()
+            else:
+                metrics.predictions.labels(spec.name, "price").inc()
+        return out
+
+    @app.post("/predict", tags=["predict"])
+    async def predict(record: Record) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Score one record."""
+        p = require_model()
+        return respond(p, [record.model_dump()])[0]  # type: ignore[attr-defined]
+
+    @app.post("/predict/batch", tags=["predict"])
+    async def predict_batch(batch: Batch) -> dict[str, Any]:  # type: ignore[valid-type]
+        """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
+        p = require_model()
+        rows = [r.model_dump() for r in batch.records]  # type: ignore[attr-defined]
+        return {"predictions": respond(p, rows), "model_version": p.version, "count": len(rows)}
+
+    @app.get("/metrics", tags=["ops"])
+    async def prometheus() -> Response:
+        p = holder.predictor
+        metrics.model_ready.labels(spec.name).set(1 if p else 0)
+        if p:
+            metrics.model_version.labels(spec.name).set(float(p.version))
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(
+        RequestContextMiddleware, service=spec.name, metrics=metrics, max_body=settings.max_body_bytes
+    )
+    return app
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (cheaper than BaseHTTPMiddleware on the hot path): request id in and out,
+    body-size limit, per-endpoint Prometheus counters and latency, one access log line."""
+
+    def __init__(self, app: Any, service: str, metrics: Metrics, max_body: int):
+        self.app = app
+        self.service = service
+        self.metrics = metrics
+        self.max_body = max_body
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        token = request_id.set(rid)
+        path = scope.get("path", "")
+        start = time.perf_counter()
+        status_holder = {"status": 500}
+        length = headers.get(b"content-length")
+        try:
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                await _send_json(
+                    send,
+                    413,
+                    {
+                        "detail": [
+                            {"field": "body", "reason": f"request body larger than {self.max_body} bytes"}
+                        ]
+                    },
+                    rid,
+                )
+                status_holder["status"] = 413
+                return
+            received = 0
+            too_big = False
+
+            async def limited_receive() -> dict[str, Any]:
+                nonlocal received, too_big
+                message: dict[str, Any] = await receive()
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
+                    if received > self.max_body:
+                        too_big = True
+                        raise BodyTooLarge()
+                return message
+
+            async def send_with_id(message: dict[str, Any]) -> None:
+                if message["type"] == "http.response.start":
+                    status_holder["status"] = message["status"]
+                    message.setdefault("headers", [])
+                    message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+                await send(message)
+
+            try:
+                await self.app(scope, limited_receive, send_with_id)
+            except BodyTooLarge:
+                if too_big:
+                    status_holder["status"] = 413
+                    await _send_json(
+                        send,
+                        413,
+                        {
+                            "detail": [
+                                {"field": "body", "reason": f"request body larger than {self.max_body} bytes"}
+                            ]
+                        },
+                        rid,
+                    )
+        finally:
+            elapsed = time.perf_counter() - start
+            endpoint = path if path in _KNOWN else "other"
+            self.metrics.requests.labels(self.service, endpoint, str(status_holder["status"])).inc()
+            self.metrics.latency.labels(self.service, endpoint).observe(elapsed)
+            if endpoint not in ("/health", "/metrics", "/ready"):
+                log.info(
+                    "request",
+                    extra={
+                        "service": self.service,
+                        "method": scope.get("method"),
+                        "path": path,
+                        "status": status_holder["status"],
+                        "duration_ms": round(elapsed * 1000, 3),
+                    },
+                )
+            request_id.reset(token)
+
+
+_KNOWN = {"/health", "/ready", "/model", "/predict", "/predict/batch", "/metrics", "/docs", "/openapi.json"}
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send: Any, status: int, body: dict[str, Any], rid: str) -> None:
+    import json
+
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"x-request-id", rid.encode("latin-1")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+def app_from_env() -> Any:
+    """Uvicorn factory for multi-worker serving: the service comes from ``PORTFOLIO_SERVICE``."""
+    from portfolio.core.logs import setup_logging
+    from portfolio.services import get_spec
+
+    settings = get_settings()
+    setup_logging(settings.log_level)
+    return create_app(get_spec(os.environ.get("PORTFOLIO_SERVICE", "bankchurn")), settings)

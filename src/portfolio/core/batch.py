@@ -1,0 +1,84 @@
+"""CSV in → CSV out, streamed in chunks: one output row per input row, same order; a row that
+fails validation gets an ``error`` text and empty predictions, never a silent drop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from portfolio.core.data import read_raw_csv
+from portfolio.core.inference import Predictor
+from portfolio.core.schema import MissingColumnsError, validate_frame
+
+
+class InputFileError(ValueError):
+    """The file as a whole cannot be scored (empty, not CSV, missing columns)."""
+
+
+@dataclass
+class BatchReport:
+    rows: int = 0
+    failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return self.rows - self.failed
+
+
+def predict_csv(
+    predictor: Predictor,
+    input_path: Path,
+    output_path: Path,
+    chunk_rows: int = 100_000,
+    on_chunk: Callable[[int], None] | None = None,
+) -> BatchReport:
+    spec = predictor.spec
+    report = BatchReport()
+    try:
+        reader = read_raw_csv(input_path, chunksize=chunk_rows)
+        first = True
+        output_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = output_path.with_name(output_path.name + ".partial")
+        with tmp.open("w", newline="") as fh:
+            chunk: pd.DataFrame
+            for chunk in reader:  # type: ignore[assignment]
+                out = score_chunk(predictor, chunk, report)
+                out.to_csv(fh, header=first, index=False)
+                first = False
+                if on_chunk:
+                    on_chunk(len(chunk))
+            if first:  # header only: still write the header so the output is well-formed
+                pd.DataFrame(columns=[*predictor.output_columns, "error"]).to_csv(fh, index=False)
+        tmp.replace(output_path)
+    except pd.errors.EmptyDataError:
+        raise InputFileError(f"{input_path}: the file is empty (no header row)") from None
+    except pd.errors.ParserError as exc:
+        raise InputFileError(f"{input_path}: not a readable CSV ({exc})") from None
+    except MissingColumnsError as exc:
+        raise InputFileError(
+            f"{input_path}: {exc}. Expected the {spec.name} columns: {', '.join(spec.feature_names)}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise InputFileError(f"{input_path}: not UTF-8 text ({exc.reason})") from None
+    return report
+
+
+def score_chunk(predictor: Predictor, chunk: pd.DataFrame, report: BatchReport) -> pd.DataFrame:
+    result = validate_frame(chunk, predictor.spec.fields)
+    valid = result.valid_mask
+    out = pd.DataFrame(index=chunk.index, columns=predictor.output_columns, dtype=object)
+    if valid.any():
+        preds = predictor.predict_frame(result.frame.loc[valid])
+        for col in predictor.output_columns:
+            out[col] = out[col].astype(preds[col].dtype) if valid.all() else out[col]
+            out.loc[valid, col] = preds[col]
+    out["error"] = result.errors
+    report.rows += len(chunk)
+    report.failed += result.n_invalid
+    for reason, n in result.summary()["by_reason"].items():
+        report.reasons[reason] = report.reasons.get(reason, 0) + n
+    return out

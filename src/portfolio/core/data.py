@@ -1,0 +1,130 @@
+"""Locate, pull (DVC), load, hash and validate a service's raw data."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from portfolio.core.schema import ValidationResult, validate_frame
+from portfolio.core.settings import Settings
+from portfolio.core.spec import CleaningReport, ServiceSpec
+
+log = logging.getLogger(__name__)
+
+
+class DataUnavailableError(RuntimeError):
+    pass
+
+
+def raw_path(spec: ServiceSpec, settings: Settings) -> Path:
+    """The service's raw CSV; runs ``dvc pull`` for it when it is missing (DVC-tracked data)."""
+    path = settings.resolved_data_dir / spec.data_file
+    if path.exists():
+        return path
+    pointer = settings.home / "data" / "raw" / f"{spec.data_file}.dvc"
+    if settings.dvc_pull and settings.data_dir is None and pointer.exists():
+        log.info("%s is missing: running `dvc pull %s`", path.name, pointer.name)
+        subprocess.run(
+            ["dvc", "pull", "-q", str(pointer.relative_to(settings.home))],
+            cwd=settings.home,
+            check=False,
+        )
+        if path.exists():
+            return path
+    raise DataUnavailableError(
+        f"raw data file not found: {path}. Run `make data` (dvc pull) or set PORTFOLIO_DATA_DIR."
+    )
+
+
+def file_md5(path: Path) -> str:
+    """MD5 as DVC computes it, so a run's logged hash can be matched to the .dvc pointer."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_raw_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
+    """Read every column as text: typing is the schema's job, so bad cells become row errors."""
+    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kwargs)
+
+
+@dataclass
+class Dataset:
+    """Validated training data: features, target, and the accounting of every excluded row."""
+
+    X: pd.DataFrame
+    y: pd.Series
+    path: Path
+    md5: str
+    validation: ValidationResult
+    cleaning: CleaningReport | None
+    target_invalid: int
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "file": self.path.name,
+            "md5": self.md5,
+            "rows_in_file": len(self.validation.frame),
+            "rows_used": len(self.X),
+            "schema": self.validation.summary(),
+            "target_invalid_rows": self.target_invalid,
+            "cleaning": None
+            if self.cleaning is None
+            else {
+                "excluded_by_rule": dict(self.cleaning.excluded_by_rule),
+                "rows_in": self.cleaning.rows_in,
+                "rows_out": self.cleaning.rows_out,
+            },
+        }
+
+
+def load_training_data(spec: ServiceSpec, settings: Settings, path: Path | None = None) -> Dataset:
+    """Load + validate the raw file for training.
+
+    Policy (explicit, reported, never silent): rows that fail the schema or have an unusable target
+    are excluded from training, counted by reason, and logged with examples; the service's
+    training-only cleaning rules then run and report their own counts.
+    """
+    path = path or raw_path(spec, settings)
+    raw = read_raw_csv(path)
+    if spec.target not in raw.columns:
+        raise DataUnavailableError(f"{path.name} has no target column {spec.target!r}")
+    result = validate_frame(raw, spec.fields)
+    y_raw = spec.encode_target(raw[spec.target])
+    y_numeric = pd.to_numeric(y_raw, errors="coerce")
+    target_ok = y_numeric.notna()
+    keep = result.valid_mask & target_ok
+    X = result.frame.loc[keep]
+    y = y_numeric.loc[keep]
+    if spec.task == "classification":
+        y = y.astype(int)
+    cleaning = None
+    if spec.clean_training is not None:
+        frame = X.assign(**{spec.target: y})
+        frame, cleaning = spec.clean_training(frame)
+        X, y = frame[spec.feature_names], frame[spec.target]
+    if result.n_invalid or (~target_ok).sum():
+        log.warning(
+            "%s: %d rows excluded by the schema, %d by the target; reasons: %s",
+            path.name,
+            result.n_invalid,
+            int((~target_ok).sum()),
+            result.summary()["by_reason"],
+        )
+    return Dataset(
+        X=X.reset_index(drop=True),
+        y=y.reset_index(drop=True),
+        path=path,
+        md5=file_md5(path),
+        validation=result,
+        cleaning=cleaning,
+        target_invalid=int((~target_ok).sum()),
+    )

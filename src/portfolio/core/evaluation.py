@@ -1,0 +1,213 @@
+"""Metrics with bootstrap 95% intervals, threshold selection and evaluation plots, for
+classification and regression. Estimator-agnostic: works on labels and scores only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: plots are files, never windows
+import matplotlib.pyplot as plt
+import numpy as np
+from sklearn import metrics as skm
+from sklearn.calibration import calibration_curve
+
+from portfolio.core.spec import ThresholdPolicy
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+
+def choose_threshold(y: np.ndarray, proba: np.ndarray, policy: ThresholdPolicy) -> float:
+    """Pick the decision threshold on validation scores according to ``policy``."""
+    precision, recall, thresholds = skm.precision_recall_curve(y, proba)
+    # precision/recall have one more entry than thresholds (the "predict nothing" end point).
+    precision, recall = precision[:-1], recall[:-1]
+    if policy.kind == "max_f1":
+        f1 = np.divide(
+            2 * precision * recall,
+            precision + recall,
+            out=np.zeros_like(precision),
+            where=(precision + recall) > 0,
+        )
+        return float(thresholds[int(np.argmax(f1))])
+    ok = recall >= policy.min_recall
+    if not ok.any():
+        return float(thresholds[0])
+    candidates = np.where(ok)[0]
+    best = candidates[np.argmax(precision[candidates])]
+    # Among equal-precision thresholds prefer the highest (fewest false alarms at same precision).
+    return float(thresholds[best])
+
+
+def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
+    pred = (proba >= threshold).astype(int)
+    return {
+        "roc_auc": float(skm.roc_auc_score(y, proba)),
+        "pr_auc": float(skm.average_precision_score(y, proba)),
+        "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        "precision": float(skm.precision_score(y, pred, zero_division=0)),
+        "recall": float(skm.recall_score(y, pred, zero_division=0)),
+        "brier": float(skm.brier_score_loss(y, proba)),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+    }
+
+
+def regression_metrics(
+    y: np.ndarray, pred: np.ndarray, low: np.ndarray | None = None, high: np.ndarray | None = None
+) -> dict[str, float]:
+    out = {
+        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "mae": float(skm.mean_absolute_error(y, pred)),
+        "r2": float(skm.r2_score(y, pred)),
+    }
+    if low is not None and high is not None:
+        out["coverage"] = float(np.mean((y >= low) & (y <= high)))
+        out["interval_width"] = float(np.median(high - low))
+    return out
+
+
+def bootstrap_intervals(
+    compute: Callable[[np.ndarray], dict[str, float]],
+    n: int,
+    rounds: int,
+    seed: int,
+    stratify: np.ndarray | None = None,
+) -> dict[str, tuple[float, float]]:
+    """95% percentile intervals: ``compute(idx)`` evaluated on ``rounds`` resamples of row indices.
+
+    Resampling is stratified by class when ``stratify`` is given, so every resample keeps both
+    classes (needed for ROC-AUC on small sets)."""
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {}
+    groups = [np.where(stratify == c)[0] for c in np.unique(stratify)] if stratify is not None else None
+    for _ in range(rounds):
+        if groups is None:
+            idx = rng.integers(0, n, n)
+        else:
+            idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        for key, value in compute(idx).items():
+            samples.setdefault(key, []).append(value)
+    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in samples.items()}
+
+
+def with_intervals(
+    point: dict[str, float], intervals: dict[str, tuple[float, float]]
+) -> dict[str, dict[str, float]]:
+    return {
+        k: {"value": v, "ci_low": intervals[k][0], "ci_high": intervals[k][1]}
+        for k, v in point.items()
+        if k in intervals
+    }
+
+
+def evaluate_classifier(
+    y: np.ndarray, proba: np.ndarray, threshold: float, rounds: int, seed: int
+) -> dict[str, dict[str, float]]:
+    point = classification_metrics(y, proba, threshold)
+    ci = bootstrap_intervals(
+        lambda i: classification_metrics(y[i], proba[i], threshold), len(y), rounds, seed, y
+    )
+    return with_intervals(point, ci)
+
+
+def evaluate_regressor(
+    y: np.ndarray,
+    pred: np.ndarray,
+    low: np.ndarray | None,
+    high: np.ndarray | None,
+    rounds: int,
+    seed: int,
+) -> dict[str, dict[str, float]]:
+    point = regression_metrics(y, pred, low, high)
+    ci = bootstrap_intervals(
+        lambda i: regression_metrics(
+            y[i], pred[i], None if low is None else low[i], None if high is None else high[i]
+        ),
+        len(y),
+        rounds,
+        seed,
+    )
+    return with_intervals(point, ci)
+
+
+def flatten(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, float]:
+    """{"roc_auc": {"value":…, "ci_low":…}} → {"<prefix>_roc_auc": …, "<prefix>_roc_auc_ci_low": …}"""
+    out: dict[str, float] = {}
+    for name, stats in metrics.items():
+        out[f"{prefix}_{name}"] = stats["value"]
+        out[f"{prefix}_{name}_ci_low"] = stats["ci_low"]
+        out[f"{prefix}_{name}_ci_high"] = stats["ci_high"]
+    return out
+
+
+def classification_plots(
+    y: np.ndarray, proba: np.ndarray, threshold: float, out_dir: Path, title: str
+) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    skm.RocCurveDisplay.from_predictions(y, proba, ax=ax)
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set_title(f"{title}: ROC")
+    paths.append(_save(fig, out_dir / "roc_curve.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    skm.PrecisionRecallDisplay.from_predictions(y, proba, ax=ax)
+    ax.set_title(f"{title}: precision-recall")
+    paths.append(_save(fig, out_dir / "pr_curve.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    skm.ConfusionMatrixDisplay.from_predictions(y, (proba >= threshold).astype(int), ax=ax)
+    ax.set_title(f"{title}: confusion matrix @ {threshold:.3f}")
+    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    frac_pos, mean_pred = calibration_curve(y, proba, n_bins=10, strategy="quantile")
+    ax.plot(mean_pred, frac_pos, "o-", label="model")
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="perfect")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed frequency")
+    ax.legend()
+    ax.set_title(f"{title}: calibration")
+    paths.append(_save(fig, out_dir / "calibration.png"))
+    return paths
+
+
+def regression_plots(y: np.ndarray, pred: np.ndarray, out_dir: Path, title: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(y, pred, s=3, alpha=0.3)
+    lim = [0, float(max(np.max(y), np.max(pred)))]
+    ax.plot(lim, lim, "k--", lw=0.8)
+    ax.set_xlabel("actual")
+    ax.set_ylabel("predicted")
+    ax.set_title(f"{title}: predicted vs actual")
+    paths.append(_save(fig, out_dir / "predicted_vs_actual.png"))
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(pred, y - pred, s=3, alpha=0.3)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("residual")
+    ax.set_title(f"{title}: residuals")
+    paths.append(_save(fig, out_dir / "residuals.png"))
+    return paths
+
+
+def importance_plot(importances: dict[str, float], out_path: Path, title: str) -> Path:
+    items = sorted(importances.items(), key=lambda kv: kv[1])[-20:]
+    fig, ax = plt.subplots(figsize=(6, max(3, 0.3 * len(items))))
+    ax.barh([k for k, _ in items], [v for _, v in items])
+    ax.set_title(f"{title}: permutation importance")
+    return _save(fig, out_path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,104 @@
+"""The generated model card: data, metrics with intervals, candidates, intended use and limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from portfolio.core.settings import Settings
+from portfolio.core.spec import ServiceSpec
+
+
+def _fmt(stats: dict[str, float]) -> str:
+    return f"{stats['value']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
+
+
+def write_model_card(
+    spec: ServiceSpec,
+    settings: Settings,
+    *,
+    version: str,
+    alias: str,
+    best: str,
+    threshold: float | None,
+    cv: dict[str, dict[str, float]],
+    test: dict[str, dict[str, float]],
+    candidates: dict[str, dict[str, float]],
+    data_report: dict[str, Any],
+    importance: dict[str, float],
+    gate: dict[str, Any],
+    params: dict[str, Any],
+) -> Path:
+    out = settings.home / "models" / spec.name / "model_card.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# Model card: {spec.title} (`{spec.name}` v{version})",
+        "",
+        f"Generated {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC by `portfolio train {spec.name}`.",
+        f"Registry alias after the gate: **{alias}** ({gate.get('reason', '')}).",
+        "",
+        "## Model",
+        f"- Task: {spec.task}; chosen candidate: `{best}` (best mean cross-validated "
+        f"{spec.primary_metric} of {len(candidates)} candidates).",
+        f"- Hyper-parameters: `{params}`",
+    ]
+    if threshold is not None:
+        lines.append(
+            f"- Decision threshold: **{threshold:.4f}**, chosen on out-of-fold predictions "
+            f"({spec.threshold_policy.kind}"
+            + (
+                f", recall ≥ {spec.threshold_policy.min_recall}"
+                if spec.threshold_policy.kind == "min_recall"
+                else ""
+            )
+            + "), stored in the artifact and used by every prediction path."
+        )
+    if spec.task == "regression":
+        lines.append(
+            f"- Prediction interval: split-conformal {spec.interval_coverage:.0%} interval "
+            "from out-of-fold log-ratio residuals."
+        )
+    lines += [
+        "",
+        "## Data",
+        f"- File `{data_report['file']}` (md5 `{data_report['md5']}`), "
+        f"{data_report['rows_in_file']} rows; {data_report['rows_used']} used.",
+        f"- Rows failing the schema: {data_report['schema']['invalid_rows']} "
+        f"{data_report['schema']['by_reason'] or ''}; unusable target: "
+        f"{data_report['target_invalid_rows']}.",
+    ]
+    if data_report.get("cleaning"):
+        lines.append(
+            f"- Training-only cleaning rules excluded: {data_report['cleaning']['excluded_by_rule']}"
+        )
+    lines += [
+        f"- Split: stratified hold-out {settings.test_size:.0%} (seed {settings.seed}); "
+        f"{settings.cv_folds}-fold CV on the rest.",
+        "",
+        "## Metrics (95% bootstrap intervals)",
+        "| metric | cross-validation (out-of-fold) | hold-out |",
+        "|---|---|---|",
+    ]
+    for name in cv:
+        lines.append(f"| {name} | {_fmt(cv[name])} | {_fmt(test[name]) if name in test else ''} |")
+    lines += ["", "## Candidates (cross-validation)", ""]
+    cols = sorted({k for v in candidates.values() for k in v})
+    lines.append("| candidate | " + " | ".join(cols) + " |")
+    lines.append("|---" * (len(cols) + 1) + "|")
+    for name, vals in candidates.items():
+        lines.append(f"| {name} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " |")
+    lines += ["", "## Champion gate", f"`{gate}`", "", "## Permutation importance (hold-out)", ""]
+    for col, val in sorted(importance.items(), key=lambda kv: -kv[1]):
+        lines.append(f"- {col}: {val:.4f}")
+    lines += [
+        "",
+        "## Intended use",
+        spec.intended_use or "-",
+        "",
+        "## Limitations",
+        spec.limitations or "-",
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,256 @@
+"""MLflow tracking and model registry: configure, log + register, the champion/challenger gate,
+and loading a registered version safely (checksum-verified, skops with an explicit allow-list).
+
+Everything a command needs comes from one URI (``Settings.tracking_uri``): a local SQLite file by
+default, or a real ``mlflow server`` when ``MLFLOW_TRACKING_URI`` says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import mlflow
+import skops.io as sio
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from portfolio.core.estimators import CORE_TRUSTED_TYPES
+from portfolio.core.settings import Settings
+from portfolio.core.spec import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+MODEL_FILE = "model.skops"
+T = TypeVar("T")
+
+# scikit-learn/xgboost/imblearn types that appear inside our pipelines. skops trusts most of
+# scikit-learn already; these are the extra names it asks about. The list lives in code, never in
+# the artifact, so a tampered model cannot widen it.
+BASE_TRUSTED_TYPES: tuple[str, ...] = (
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBClassifier",
+    "xgboost.sklearn.XGBRegressor",
+    "sklearn.model_selection._classification_threshold.FixedThresholdClassifier",
+    "sklearn.utils._bunch.Bunch",
+    "numpy.dtype",
+    "numpy.dtypes.Float64DType",
+    "numpy.dtypes.Int64DType",
+    "numpy.dtypes.ObjectDType",
+    "builtins.slice",
+    *CORE_TRUSTED_TYPES,
+)
+
+
+class ModelIntegrityError(RuntimeError):
+    """The artifact's checksum does not match the one recorded at registration."""
+
+
+class NoChampionError(LookupError):
+    pass
+
+
+def configure(settings: Settings) -> str:
+    """Point MLflow at the settings' URI (tracking and registry alike); create local folders."""
+    # No phoning home: this platform runs on closed networks.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not settings.mlflow_tracking_uri:
+        settings.resolved_state_dir.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/", "postgresql:", "mysql:"))
+
+
+def ensure_experiment(name: str, settings: Settings) -> str:
+    """The experiment id for ``name``; with a local store its artifacts go under the state dir."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    location = None
+    if is_local_store(settings.tracking_uri):
+        location = (settings.artifact_root / name).as_uri()
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def trusted_types(spec: ServiceSpec) -> list[str]:
+    return sorted({*BASE_TRUSTED_TYPES, *spec.trusted_types})
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def with_retries(fn: Callable[[], T], settings: Settings, what: str, retries: int | None = None) -> T:
+    """Call ``fn``, retrying transient failures with exponential backoff (bounded)."""
+    attempts = (settings.model_load_retries if retries is None else retries) + 1
+    delay = settings.model_load_backoff_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (NoChampionError, ModelIntegrityError):
+            raise
+        except Exception as exc:
+            if attempt == attempts:
+                raise
+            log.warning(
+                "%s failed (attempt %d/%d): %s; retrying in %.1fs",
+                what,
+                attempt,
+                attempts,
+                exc,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def champion_version(name: str) -> ModelVersion | None:
+    try:
+        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def set_alias(name: str, alias: str, version: str | int) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+def promote(name: str, version: str | int) -> ModelVersion:
+    """Move ``champion`` to ``version`` by hand (the gate is the automatic path)."""
+    client = MlflowClient()
+    mv = client.get_model_version(name, str(version))
+    client.set_registered_model_alias(name, CHAMPION, str(mv.version))
+    return mv
+
+
+@dataclass
+class LoadedModel:
+    """A registered model version in memory, with what serving needs to describe it."""
+
+    name: str
+    version: str
+    model: Any
+    sha256: str
+    run_id: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    source: str = "registry"  # "registry" or "cache" (tracking server unreachable)
+
+    @property
+    def threshold(self) -> float | None:
+        value = getattr(self.model, "threshold", None)
+        return None if value is None else float(value)
+
+
+def _cache_dir(settings: Settings, name: str, version: str) -> Path:
+    return settings.model_cache_dir / name / f"v{version}"
+
+
+def _load_artifact(spec: ServiceSpec, path: Path, expected_sha: str | None) -> tuple[Any, str]:
+    file = path / MODEL_FILE if path.is_dir() else path
+    actual = sha256_file(file)
+    if expected_sha and actual != expected_sha:
+        raise ModelIntegrityError(
+            f"{spec.name}: checksum mismatch for {file} (expected {expected_sha[:12]}…, "
+            f"got {actual[:12]}…): artifact refused"
+        )
+    return sio.load(file, trusted=trusted_types(spec)), actual
+
+
+def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> LoadedModel:
+    """Download (once, into the local cache) and load one registered version."""
+    client = MlflowClient()
+    mv = client.get_model_version(spec.name, str(version))
+    expected = (mv.tags or {}).get("sha256")
+    if not expected:
+        raise ModelIntegrityError(f"{spec.name} v{mv.version} has no sha256 tag: refused")
+    target = _cache_dir(settings, spec.name, str(mv.version))
+    model_file = target / MODEL_FILE
+    if not model_file.exists() or sha256_file(model_file) != expected:
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{spec.name}/{mv.version}", dst_path=str(tmp)
+        )
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    model, sha = _load_artifact(spec, target, expected)
+    metrics: dict[str, float] = {}
+    if mv.run_id:
+        metrics = dict(client.get_run(mv.run_id).data.metrics)
+    loaded = LoadedModel(spec.name, str(mv.version), model, sha, mv.run_id, metrics)
+    (target / "version.json").write_text(
+        json.dumps({"version": loaded.version, "sha256": sha, "run_id": mv.run_id, "metrics": metrics})
+    )
+    return loaded
+
+
+def load_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel:
+    """``models:/<name>@champion`` with retries; when the tracking server stays unreachable, the
+    most recently cached champion is served instead (``source == "cache"``)."""
+    configure(settings)
+
+    def fetch() -> LoadedModel:
+        mv = champion_version(spec.name)
+        if mv is None:
+            raise NoChampionError(
+                f"no champion registered for {spec.name!r}: run `portfolio train {spec.name}`"
+            )
+        loaded = load_version(spec, settings, mv.version)
+        _remember_champion(settings, spec.name, loaded.version)
+        return loaded
+
+    try:
+        return with_retries(fetch, settings, f"loading {spec.name}@champion")
+    except (NoChampionError, ModelIntegrityError):
+        raise
+    except Exception as exc:
+        cached = load_cached_champion(spec, settings)
+        if cached is None:
+            raise
+        log.warning("tracking server unreachable (%s): serving cached %s v%s", exc, spec.name, cached.version)
+        return cached
+
+
+def _remember_champion(settings: Settings, name: str, version: str) -> None:
+    pointer = settings.model_cache_dir / name / "champion.json"
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(json.dumps({"version": version}))
+
+
+def load_cached_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel | None:
+    pointer = settings.model_cache_dir / spec.name / "champion.json"
+    if not pointer.exists():
+        return None
+    version = json.loads(pointer.read_text())["version"]
+    target = _cache_dir(settings, spec.name, version)
+    meta = json.loads((target / "version.json").read_text())
+    model, sha = _load_artifact(spec, target, meta["sha256"])
+    return LoadedModel(
+        spec.name, version, model, sha, meta.get("run_id"), meta.get("metrics", {}), source="cache"
+    )

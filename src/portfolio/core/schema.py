@@ -1,0 +1,237 @@
+"""One field table per service → the data-validation schema (pandera) AND the API request model
+(pydantic), so training files and API requests can never disagree about what is valid.
+
+Validation of a frame runs in two steps that together account for every row:
+1. ``coerce``: parse each column to its declared type; an unparsable value is a row error
+   ("not a number"), never a silently dropped row.
+2. the pandera schema (ranges, allowed categories, nullability), evaluated lazily so that every
+   failing cell is reported with its row index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import Field as PydField
+
+Kind = Literal["int", "float", "category", "text", "date"]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One input column: how it is typed, what values are valid, and what it means."""
+
+    name: str
+    kind: Kind
+    description: str = ""
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+    nullable: bool = False
+    # A feature the API may omit (it then arrives as null); the model handles the gap.
+    optional: bool = False
+    # Date fields: the strftime format of the raw files (e.g. "%m/%d/%Y").
+    date_format: str | None = None
+    example: Any = None
+
+    @property
+    def allows_null(self) -> bool:
+        return self.nullable or self.optional
+
+
+@dataclass
+class ValidationResult:
+    """A validated frame: typed values and one error text per row ("" when the row is valid)."""
+
+    frame: pd.DataFrame
+    errors: pd.Series  # str per row, same index as frame
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def valid_mask(self) -> pd.Series:
+        return self.errors == ""
+
+    @property
+    def n_invalid(self) -> int:
+        return int((~self.valid_mask).sum())
+
+    def summary(self) -> dict[str, Any]:
+        """Counts per (field, reason) and a few example rows: for logs, reports and MLflow."""
+        reasons: dict[str, int] = {}
+        for text in self.errors[~self.valid_mask]:
+            for part in str(text).split("; "):
+                reasons[part] = reasons.get(part, 0) + 1
+        return {
+            "rows": len(self.frame),
+            "invalid_rows": self.n_invalid,
+            "by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+            "examples": self.examples,
+        }
+
+
+def _checks(f: Field) -> list[pa.Check]:
+    checks: list[pa.Check] = []
+    if f.min is not None and f.max is not None:
+        checks.append(pa.Check.in_range(f.min, f.max, error=f"must be between {f.min:g} and {f.max:g}"))
+    elif f.min is not None:
+        checks.append(pa.Check.ge(f.min, error=f"must be >= {f.min:g}"))
+    elif f.max is not None:
+        checks.append(pa.Check.le(f.max, error=f"must be <= {f.max:g}"))
+    if f.kind == "int":
+        checks.append(pa.Check(lambda s: (s % 1 == 0) | s.isna(), error="must be a whole number"))
+    if f.categories is not None:
+        checks.append(pa.Check.isin(list(f.categories), error=f"must be one of {list(f.categories)}"))
+    return checks
+
+
+def pandera_schema(fields: tuple[Field, ...], name: str = "schema") -> pa.DataFrameSchema:
+    """The declarative data schema. Values arrive already coerced (see ``coerce``)."""
+    columns = {}
+    for f in fields:
+        dtype: Any = {
+            "int": "float64",  # nullable ints travel as float64 after coercion
+            "float": "float64",
+            "category": object,
+            "text": object,
+            "date": "datetime64[ns]",
+        }[f.kind]
+        columns[f.name] = pa.Column(
+            dtype, checks=_checks(f), nullable=f.allows_null, required=True, coerce=False
+        )
+    return pa.DataFrameSchema(columns, name=name, strict=False)
+
+
+def coerce(df: pd.DataFrame, fields: tuple[Field, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Parse raw columns to their declared types.
+
+    Returns the typed frame and a boolean frame marking cells that held a value that could not be
+    parsed (so the caller can name the field and the reason for each row).
+    """
+    out = pd.DataFrame(index=df.index)
+    bad = pd.DataFrame(False, index=df.index, columns=[f.name for f in fields])
+    for f in fields:
+        raw = df[f.name]
+        if f.kind in ("int", "float"):
+            if pd.api.types.is_bool_dtype(raw):
+                raw = raw.astype("float64")
+            if pd.api.types.is_numeric_dtype(raw):
+                values = raw.astype("float64")
+            else:
+                text = raw.astype("string").str.strip()
+                text = text.mask(text == "")
+                values = pd.to_numeric(text, errors="coerce").astype("float64")
+                bad[f.name] = text.notna() & values.isna()
+            # Infinity is never a valid measurement: treat it as unparsable.
+            inf = np.isinf(values.to_numpy(dtype="float64", na_value=np.nan))
+            if inf.any():
+                bad[f.name] = bad[f.name] | inf
+                values = values.mask(inf)
+            out[f.name] = values
+        elif f.kind == "date":
+            text = raw.astype("string").str.strip()
+            text = text.mask(text == "")
+            dates = pd.to_datetime(text, format=f.date_format, errors="coerce").astype("datetime64[ns]")
+            bad[f.name] = text.notna() & dates.isna()
+            out[f.name] = dates
+        else:
+            text = raw.astype("string").str.strip()
+            text = text.mask(text == "")
+            out[f.name] = text.astype(object).where(text.notna(), None)
+    return out, bad
+
+
+def validate_frame(df: pd.DataFrame, fields: tuple[Field, ...], *, max_examples: int = 5) -> ValidationResult:
+    """Coerce and validate ``df``; every row gets an error text or ""; nothing is dropped."""
+    missing = [f.name for f in fields if f.name not in df.columns]
+    if missing:
+        raise MissingColumnsError(missing)
+    typed, bad = coerce(df, fields)
+    messages: dict[Any, list[str]] = {}
+
+    def add(idx: Any, msg: str) -> None:
+        messages.setdefault(idx, [])
+        if msg not in messages[idx]:
+            messages[idx].append(msg)
+
+    kinds = {f.name: f.kind for f in fields}
+    for name in bad.columns:
+        for idx in bad.index[bad[name].to_numpy()]:
+            expected = {"int": "a number", "float": "a number", "date": "a date"}.get(kinds[name], "a value")
+            add(idx, f"{name}: not {expected} ({df.at[idx, name]!r})")
+
+    # Unparsable cells are already reported; hide them from the range/null checks.
+    schema = pandera_schema(fields)
+    try:
+        schema.validate(typed, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        for row in cases.itertuples(index=False):
+            idx, column, check = row.index, row.column, str(row.check)
+            if idx is None or (isinstance(idx, float) and np.isnan(idx)):
+                continue  # frame-level failure: impossible after coercion, rows are covered below
+            if column in bad.columns and bool(bad.at[idx, column]):
+                continue
+            if check == "not_nullable":
+                add(idx, f"{column}: is required (missing value)")
+            else:
+                add(idx, f"{column}: {check} (got {row.failure_case!r})")
+
+    errors = pd.Series("", index=df.index, dtype=object)
+    for idx, msgs in messages.items():
+        errors.at[idx] = "; ".join(msgs)
+    examples = [{"row": _py(idx), "error": errors.at[idx]} for idx in list(messages)[:max_examples]]
+    return ValidationResult(frame=typed, errors=errors, examples=examples)
+
+
+def _py(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class MissingColumnsError(ValueError):
+    """The input lacks required columns: a whole-file problem, not a row problem."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        super().__init__(f"missing required columns: {', '.join(missing)}")
+
+
+def request_model(model_name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
+    """The pydantic request model for one record: same types, ranges and categories as the data
+    schema; unknown fields are rejected; NaN and Infinity are rejected."""
+    definitions: dict[str, Any] = {}
+    for f in fields:
+        if f.kind == "int":
+            typ: Any = int
+        elif f.kind == "float":
+            typ = float
+        elif f.kind == "category":
+            typ = Literal[f.categories] if f.categories else str  # type: ignore[valid-type]
+        else:
+            typ = str
+        constraints: dict[str, Any] = {"description": f.description}
+        if f.min is not None and f.kind in ("int", "float"):
+            constraints["ge"] = f.min
+        if f.max is not None and f.kind in ("int", "float"):
+            constraints["le"] = f.max
+        if f.kind == "float":
+            constraints["allow_inf_nan"] = False
+        if f.kind in ("text", "category") and f.categories is None:
+            constraints["min_length"] = 1
+            constraints["max_length"] = 200
+        if f.example is not None:
+            constraints["examples"] = [f.example]
+        if f.allows_null:
+            definitions[f.name] = (typ | None, PydField(default=None, **constraints))
+        else:
+            definitions[f.name] = (typ, PydField(..., **constraints))
+    model = create_model(  # type: ignore[call-overload]
+        model_name,
+        __config__=ConfigDict(extra="forbid", strict=False),
+        **definitions,
+    )
+    return model  # type: ignore[no-any-return]

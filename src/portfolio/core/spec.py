@@ -1,0 +1,82 @@
+"""What a service is: a specification the core turns into training, tracking, serving and batch
+prediction. A service never re-implements any of those; it only fills in this object."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from portfolio.core.schema import Field
+
+Task = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """How a classifier's decision threshold is chosen on out-of-fold validation predictions.
+
+    ``max_f1``: the threshold that maximises F1.
+    ``min_recall``: the best-precision threshold among those reaching ``min_recall``.
+    """
+
+    kind: Literal["max_f1", "min_recall"] = "max_f1"
+    min_recall: float = 0.8
+
+
+@dataclass(frozen=True)
+class CleaningReport:
+    """Rows a service's training-only cleaning rules excluded, counted per rule."""
+
+    excluded_by_rule: Mapping[str, int]
+    rows_in: int
+    rows_out: int
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    name: str
+    title: str
+    task: Task
+    data_file: str
+    target: str
+    fields: tuple[Field, ...]
+    # Candidate models: name → builder of the unfitted scikit-learn pipeline (features + model)
+    # from its params.yaml section. All are cross-validated; the best by the primary metric wins.
+    candidates: Mapping[str, Callable[[Mapping[str, Any]], BaseEstimator]]
+    # Raw target column → model target (e.g. "Yes"/"No" → 1/0).
+    encode_target: Callable[[pd.Series], pd.Series] = lambda s: s
+    # Columns in the raw file that are identifiers or otherwise never features.
+    ignored_columns: tuple[str, ...] = ()
+    threshold_policy: ThresholdPolicy = field(default_factory=ThresholdPolicy)
+    # Training-only cleaning (e.g. placeholder prices): returns kept rows and counts per rule.
+    clean_training: Callable[[pd.DataFrame], tuple[pd.DataFrame, CleaningReport]] | None = None
+    # Types skops may load besides scikit-learn's own (fully qualified names).
+    trusted_types: tuple[str, ...] = ()
+    # Columns whose groups the fairness report compares (classification only).
+    fairness_groups: tuple[str, ...] = ()
+    description: str = ""
+    intended_use: str = ""
+    limitations: str = ""
+    # Regression: coverage of the conformal prediction interval.
+    interval_coverage: float = 0.8
+    # Classification: extra output columns per prediction (e.g. risk tier, top factors),
+    # computed from (features, probabilities, predictor) → {column: sequence}.
+    extra_outputs: Callable[[pd.DataFrame, Any, Any], Mapping[str, Any]] | None = None
+    extra_output_columns: tuple[str, ...] = ()
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def primary_metric(self) -> str:
+        """The metric that decides the champion gate (higher is better after sign)."""
+        return "roc_auc" if self.task == "classification" else "rmse"
+
+    @property
+    def primary_higher_is_better(self) -> bool:
+        return self.task == "classification"

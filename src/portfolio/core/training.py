@@ -1,0 +1,397 @@
+"""Estimator-agnostic training: split, cross-validate every candidate, choose the threshold (or
+calibrate the interval) on out-of-fold predictions, fit the winner, evaluate on the hold-out,
+log everything to MLflow, register a version and run the champion/challenger gate."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import yaml
+from mlflow.models import infer_signature
+from sklearn.base import BaseEstimator
+from sklearn.inspection import permutation_importance
+from sklearn.model_selection import (
+    FixedThresholdClassifier,
+    KFold,
+    StratifiedKFold,
+    train_test_split,
+)
+
+from portfolio.core import evaluation as ev
+from portfolio.core import registry
+from portfolio.core.data import Dataset, load_training_data
+from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
+from portfolio.core.model_card import write_model_card
+from portfolio.core.settings import Settings
+from portfolio.core.spec import ServiceSpec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(desc: str, done: int, total: int) -> None:
+    return None
+
+
+def load_params(service: str, settings: Settings) -> dict[str, Any]:
+    """The service's section of ``params.yaml`` (DVC's params file); {} when absent."""
+    path = settings.home / "params.yaml"
+    if not path.exists():
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    return dict(data.get(service) or {})
+
+
+@dataclass
+class CandidateResult:
+    name: str
+    oof: np.ndarray
+    fold_scores: list[float]
+    cv_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    threshold: float | None = None
+    quantiles: tuple[float, float] | None = None
+
+    @property
+    def primary(self) -> float:
+        return float(np.mean(self.fold_scores))
+
+
+@dataclass
+class TrainOutcome:
+    service: str
+    run_id: str
+    version: str
+    alias: str
+    best: str
+    threshold: float | None
+    cv: dict[str, dict[str, float]]
+    test: dict[str, dict[str, float]]
+    candidates: dict[str, dict[str, float]]
+    gate: dict[str, Any]
+    data_report: dict[str, Any]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "service": self.service,
+            "version": self.version,
+            "alias": self.alias,
+            "model": self.best,
+            "threshold": self.threshold,
+            "cv": self.cv,
+            "test": self.test,
+            "candidates": self.candidates,
+            "gate": self.gate,
+        }
+
+
+def _score_oof(spec: ServiceSpec, est: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
+    if spec.task == "classification":
+        return np.asarray(est.predict_proba(X)[:, 1], dtype=float)  # type: ignore[attr-defined]
+    return np.asarray(est.predict(X), dtype=float)  # type: ignore[attr-defined]
+
+
+def _fold_score(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> float:
+    m = (
+        ev.classification_metrics(y, scores, 0.5)
+        if spec.task == "classification"
+        else ev.regression_metrics(y, scores)
+    )
+    return m[spec.primary_metric]
+
+
+def cross_validate(
+    spec: ServiceSpec,
+    name: str,
+    params: Mapping[str, Any],
+    X: pd.DataFrame,
+    y: pd.Series,
+    settings: Settings,
+    progress: Progress = _no_progress,
+) -> CandidateResult:
+    """Out-of-fold scores for one candidate (every row scored by a model that never saw it)."""
+    splitter: Any
+    if spec.task == "classification":
+        splitter = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+    else:
+        splitter = KFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+    oof = np.zeros(len(X))
+    fold_scores = []
+    y_arr = y.to_numpy()
+    for i, (tr, va) in enumerate(splitter.split(X, y_arr), start=1):
+        est = spec.candidates[name](params)
+        est.fit(X.iloc[tr], y.iloc[tr])  # type: ignore[attr-defined]
+        oof[va] = _score_oof(spec, est, X.iloc[va])
+        fold_scores.append(_fold_score(spec, y_arr[va], oof[va]))
+        progress(f"{spec.name}: CV {name}", i, settings.cv_folds)
+    return CandidateResult(name, oof, fold_scores)
+
+
+def _better(spec: ServiceSpec, a: float, b: float) -> bool:
+    """Is score ``a`` at least as good as ``b`` on the primary metric?"""
+    return a >= b if spec.primary_higher_is_better else a <= b
+
+
+def _git_commit(settings: Settings) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=settings.home,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+        return out.stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def predict_scores(spec: ServiceSpec, model: Any, X: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Everything an evaluation needs from a fitted, wrapped model."""
+    if spec.task == "classification":
+        return {"proba": np.asarray(model.predict_proba(X)[:, 1], dtype=float)}
+    point, low, high = model.predict_interval(X)
+    return {"pred": point, "low": low, "high": high}
+
+
+def evaluate_model(
+    spec: ServiceSpec, model: Any, X: pd.DataFrame, y: np.ndarray, settings: Settings
+) -> dict[str, dict[str, float]]:
+    s = predict_scores(spec, model, X)
+    if spec.task == "classification":
+        return ev.evaluate_classifier(
+            y, s["proba"], float(model.threshold), settings.bootstrap_rounds, settings.seed
+        )
+    return ev.evaluate_regressor(y, s["pred"], s["low"], s["high"], settings.bootstrap_rounds, settings.seed)
+
+
+def split(spec: ServiceSpec, ds: Dataset, settings: Settings) -> tuple[Any, Any, Any, Any]:
+    """The stratified hold-out. Same seed, same data → same split, so the gate compares a new
+    model and the champion on identical rows."""
+    strat = ds.y if spec.task == "classification" else None
+    return train_test_split(
+        ds.X, ds.y, test_size=settings.test_size, random_state=settings.seed, stratify=strat
+    )
+
+
+def train_service(
+    spec: ServiceSpec,
+    settings: Settings,
+    params: Mapping[str, Any] | None = None,
+    progress: Progress = _no_progress,
+    data_path: Path | None = None,
+) -> TrainOutcome:
+    registry.configure(settings)
+    params = dict(params if params is not None else load_params(spec.name, settings))
+    cand_params: dict[str, Any] = dict(params.get("candidates") or {})
+    ds = load_training_data(spec, settings, data_path)
+    X_train, X_test, y_train, y_test = split(spec, ds, settings)
+    y_tr, y_te = y_train.to_numpy(), y_test.to_numpy()
+
+    experiment_id = registry.ensure_experiment(spec.name, settings)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-train") as run:
+        results: dict[str, CandidateResult] = {}
+        for name in spec.candidates:
+            with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
+                p = dict(cand_params.get(name) or {})
+                res = cross_validate(spec, name, p, X_train, y_train, settings, progress)
+                if spec.task == "classification":
+                    res.threshold = ev.choose_threshold(y_tr, res.oof, spec.threshold_policy)
+                    res.cv_metrics = ev.evaluate_classifier(
+                        y_tr, res.oof, res.threshold, settings.bootstrap_rounds, settings.seed
+                    )
+                else:
+                    res.quantiles = conformal_log_quantiles(y_tr, res.oof, spec.interval_coverage)
+                    low, high = IntervalRegressor(None, *res.quantiles).interval_from_point(res.oof)
+                    res.cv_metrics = ev.evaluate_regressor(
+                        y_tr, res.oof, low, high, settings.bootstrap_rounds, settings.seed
+                    )
+                mlflow.log_params({f"{k}": v for k, v in p.items()})
+                mlflow.log_metrics(ev.flatten("cv", res.cv_metrics))
+                mlflow.log_metric(f"cv_{spec.primary_metric}_fold_mean", res.primary)
+                mlflow.log_metric(f"cv_{spec.primary_metric}_fold_std", float(np.std(res.fold_scores)))
+                results[name] = res
+
+        best = results[next(iter(results))]
+        for res in results.values():
+            if not _better(spec, best.primary, res.primary):
+                best = res
+        best_params = dict(cand_params.get(best.name) or {})
+        progress(f"{spec.name}: fit {best.name}", 0, 1)
+        model: Any
+        if spec.task == "classification":
+            assert best.threshold is not None
+            model = FixedThresholdClassifier(
+                spec.candidates[best.name](best_params),
+                threshold=best.threshold,
+                response_method="predict_proba",
+            ).fit(X_train, y_train)
+        else:
+            assert best.quantiles is not None
+            model = IntervalRegressor(
+                spec.candidates[best.name](best_params),
+                *best.quantiles,
+                coverage=spec.interval_coverage,
+            ).fit(X_train, y_train)
+        progress(f"{spec.name}: fit {best.name}", 1, 1)
+        test = evaluate_model(spec, model, X_test, y_te, settings)
+
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            scores = predict_scores(spec, model, X_test)
+            if spec.task == "classification":
+                plots = ev.classification_plots(
+                    y_te, scores["proba"], float(model.threshold), tmp / "plots", spec.title
+                )
+                scoring = "roc_auc"
+            else:
+                plots = ev.regression_plots(y_te, scores["pred"], tmp / "plots", spec.title)
+                scoring = "neg_root_mean_squared_error"
+            imp = permutation_importance(
+                model,
+                X_test,
+                y_test,
+                scoring=scoring,
+                n_repeats=5,
+                random_state=settings.seed,
+                n_jobs=1,
+            )
+            importance = {col: float(v) for col, v in zip(X_test.columns, imp.importances_mean, strict=True)}
+            plots.append(ev.importance_plot(importance, tmp / "plots" / "importance.png", spec.title))
+            for p_ in plots:
+                mlflow.log_artifact(str(p_), artifact_path="plots")
+            mlflow.log_dict(importance, "feature_importance.json")
+            mlflow.log_dict(ds.report(), "data_report.json")
+
+            mlflow.log_params(
+                {
+                    "service": spec.name,
+                    "model": best.name,
+                    **{f"{best.name}.{k}": v for k, v in best_params.items()},
+                    "cv_folds": settings.cv_folds,
+                    "test_size": settings.test_size,
+                    "seed": settings.seed,
+                    "train_rows": len(X_train),
+                    "test_rows": len(X_test),
+                }
+            )
+            if spec.task == "classification":
+                mlflow.log_param("threshold", best.threshold)
+            else:
+                assert best.quantiles is not None
+                mlflow.log_params({"interval_q_low": best.quantiles[0], "interval_q_high": best.quantiles[1]})
+            mlflow.log_metrics({**ev.flatten("cv", best.cv_metrics), **ev.flatten("test", test)})
+            mlflow.set_tags(
+                {
+                    "git_commit": _git_commit(settings),
+                    "data_file": ds.path.name,
+                    "data_md5": ds.md5,
+                    "service": spec.name,
+                }
+            )
+
+            example = X_train.head(5)
+            signature = infer_signature(example, model.predict(example))
+            info = mlflow.sklearn.log_model(
+                model,
+                name="model",
+                serialization_format="skops",
+                skops_trusted_types=registry.trusted_types(spec),
+                signature=signature,
+                input_example=example,
+                pip_requirements=_pip_requirements(),
+            )
+            local = Path(
+                mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "m"))
+            )
+            sha = registry.sha256_file(local / registry.MODEL_FILE)
+            mlflow.set_tag("model_sha256", sha)
+
+            candidates_table = {
+                name: {f"cv_{k}": v["value"] for k, v in res.cv_metrics.items()}
+                | {f"cv_{spec.primary_metric}_fold_std": float(np.std(res.fold_scores))}
+                for name, res in results.items()
+            }
+
+            # Registration is the last step: an interrupted run never leaves a half-registered
+            # version, and the alias moves only after the new version is complete.
+            mv = mlflow.register_model(info.model_uri, spec.name, tags={"sha256": sha})
+            gate = champion_gate(spec, settings, str(mv.version), test, X_test, y_te)
+            mlflow.log_dict(gate, "gate.json")
+            card = write_model_card(
+                spec,
+                settings,
+                version=str(mv.version),
+                alias=gate["alias"],
+                best=best.name,
+                threshold=best.threshold,
+                cv=best.cv_metrics,
+                test=test,
+                candidates=candidates_table,
+                data_report=ds.report(),
+                importance=importance,
+                gate=gate,
+                params=best_params,
+            )
+            mlflow.log_artifact(str(card))
+    return TrainOutcome(
+        service=spec.name,
+        run_id=run.info.run_id,
+        version=str(mv.version),
+        alias=gate["alias"],
+        best=best.name,
+        threshold=best.threshold,
+        cv=best.cv_metrics,
+        test=test,
+        candidates=candidates_table,
+        gate=gate,
+        data_report=ds.report(),
+    )
+
+
+def champion_gate(
+    spec: ServiceSpec,
+    settings: Settings,
+    new_version: str,
+    new_test: dict[str, dict[str, float]],
+    X_test: pd.DataFrame,
+    y_test: np.ndarray,
+) -> dict[str, Any]:
+    """Move ``champion`` to the new version only if it is not worse than the current champion on
+    the same hold-out rows; otherwise the new version becomes ``challenger``."""
+    metric = spec.primary_metric
+    new_score = new_test[metric]["value"]
+    current = registry.champion_version(spec.name)
+    result: dict[str, Any] = {"metric": metric, "new_version": new_version, "new": new_score}
+    if current is None:
+        registry.set_alias(spec.name, registry.CHAMPION, new_version)
+        return result | {"alias": registry.CHAMPION, "champion_version": None, "reason": "first model"}
+    try:
+        champ = registry.load_version(spec, settings, current.version)
+        champ_score = evaluate_model(spec, champ.model, X_test, y_test, settings)[metric]["value"]
+    except Exception as exc:  # an unreadable champion must not block a good new model
+        log.warning("current champion v%s could not be evaluated: %s", current.version, exc)
+        champ_score = None
+    result |= {"champion_version": str(current.version), "champion": champ_score}
+    if champ_score is None or _better(spec, new_score, champ_score):
+        registry.set_alias(spec.name, registry.CHAMPION, new_version)
+        return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion"}
+    registry.set_alias(spec.name, registry.CHALLENGER, new_version)
+    return result | {"alias": registry.CHALLENGER, "reason": f"{metric} worse than champion"}
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ["scikit-learn", "xgboost", "skops", "pandas", "numpy", "imbalanced-learn"]
+    return [f"{p}=={version(p)}" for p in pkgs] + ["ml-mlops-portfolio"]

@@ -1,0 +1,15 @@
+"""The registry of services: name → spec. Adding a service means adding one line here."""
+
+from __future__ import annotations
+
+from portfolio.bankchurn.spec import SPEC as BANKCHURN
+from portfolio.core.spec import ServiceSpec
+
+SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN,)}
+
+
+def get_spec(name: str) -> ServiceSpec:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        raise KeyError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}") from None
