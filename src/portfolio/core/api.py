@@ -1,7 +1,6 @@
 """FastAPI app factory shared by every service: /health /ready /model /predict /predict/batch
 /metrics. A service contributes only its spec; nothing here is service-specific."""
 
-
 import logging
 import math
 import os

@@ -70,12 +70,13 @@ def predict_csv(
 def score_chunk(predictor: Predictor, chunk: pd.DataFrame, report: BatchReport) -> pd.DataFrame:
     result = validate_frame(chunk, predictor.spec.fields)
     valid = result.valid_mask
-    out = pd.DataFrame(index=chunk.index, columns=predictor.output_columns, dtype=object)
     if valid.any():
         preds = predictor.predict_frame(result.frame.loc[valid])
-        for col in predictor.output_columns:
-            out[col] = out[col].astype(preds[col].dtype) if valid.all() else out[col]
-            out.loc[valid, col] = preds[col]
+        # Nullable integers so invalid rows stay empty instead of turning labels into floats.
+        preds = preds.astype({c: "Int64" for c in preds.columns if pd.api.types.is_integer_dtype(preds[c])})
+        out = preds.reindex(chunk.index)
+    else:
+        out = pd.DataFrame(index=chunk.index, columns=predictor.output_columns, dtype=object)
     out["error"] = result.errors
     report.rows += len(chunk)
     report.failed += result.n_invalid

@@ -43,16 +43,55 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, policy: ThresholdPolicy) 
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:
-    pred = (proba >= threshold).astype(int)
+    """ROC-AUC, PR-AUC (average precision), F1, precision, recall, Brier, accuracy.
+
+    Computed with plain numpy (same definitions as scikit-learn, checked by a test) because the
+    bootstrap evaluates them thousands of times."""
+    y = np.asarray(y).astype(int)
+    proba = np.asarray(proba, dtype=float)
+    pred = proba >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "roc_auc": float(skm.roc_auc_score(y, proba)),
-        "pr_auc": float(skm.average_precision_score(y, proba)),
-        "f1": float(skm.f1_score(y, pred, zero_division=0)),
-        "precision": float(skm.precision_score(y, pred, zero_division=0)),
-        "recall": float(skm.recall_score(y, pred, zero_division=0)),
-        "brier": float(skm.brier_score_loss(y, proba)),
-        "accuracy": float(skm.accuracy_score(y, pred)),
+        "roc_auc": _roc_auc(y, proba),
+        "pr_auc": _average_precision(y, proba),
+        "f1": f1,
+        "precision": precision,
+        "recall": recall,
+        "brier": float(np.mean((proba - y) ** 2)),
+        "accuracy": float(np.mean(pred == (y == 1))),
     }
+
+
+def _roc_auc(y: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney U form of the ROC-AUC (ties count one half)."""
+    from scipy.stats import rankdata
+
+    n_pos = int(y.sum())
+    n_neg = len(y) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(score)
+    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _average_precision(y: np.ndarray, score: np.ndarray) -> float:
+    """Average precision over distinct score thresholds (scikit-learn's definition)."""
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-score, kind="mergesort")
+    s, t = score[order], y[order]
+    distinct = np.r_[np.where(np.diff(s))[0], len(s) - 1]
+    tps = np.cumsum(t)[distinct]
+    fps = (distinct + 1) - tps
+    precision = tps / (tps + fps)
+    recall = tps / n_pos
+    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
 def regression_metrics(

@@ -30,7 +30,7 @@ def write_model_card(
     gate: dict[str, Any],
     params: dict[str, Any],
 ) -> Path:
-    out = settings.home / "models" / spec.name / "model_card.md"
+    out = settings.resolved_models_dir / spec.name / "model_card.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
         f"# Model card: {spec.title} (`{spec.name}` v{version})",

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
         default=None,
         description="Local state: MLflow SQLite db, artifacts, model cache (default: <home>/.portfolio).",
     )
+    models_dir: Path | None = Field(
+        default=None, description="Where generated model cards go (default: <home>/models)."
+    )
     mlflow_tracking_uri: str | None = Field(
         default=None,
         validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "PORTFOLIO_MLFLOW_TRACKING_URI"),
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     @property
     def resolved_state_dir(self) -> Path:
         return (self.state_dir or self.home / ".portfolio").resolve()
+
+    @property
+    def resolved_models_dir(self) -> Path:
+        return (self.models_dir or self.home / "models").resolve()
 
     @property
     def tracking_uri(self) -> str:

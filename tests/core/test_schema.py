@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pydantic
+import pytest
+
+from portfolio.core.schema import (
+    MissingColumnsError,
+    pandera_schema,
+    request_model,
+    validate_frame,
+)
+from tests.core.synthetic import FIELDS
+
+
+def raw(rows: list[dict[str, object]]) -> pd.DataFrame:
+    return pd.DataFrame(rows).astype(str).replace({"nan": None, "None": None})
+
+
+def test_valid_rows_have_no_error_and_values_are_typed() -> None:
+    df = raw([{"x1": "0.5", "x2": "3", "color": "red", "noise": "1e-3"}])
+    res = validate_frame(df, FIELDS)
+    assert res.errors.tolist() == [""]
+    assert res.frame["x1"].dtype == "float64"
+    assert res.frame.loc[0, "x2"] == 3.0
+
+
+def test_every_row_is_accounted_for_with_field_and_reason() -> None:
+    df = raw(
+        [
+            {"x1": "0.5", "x2": "3", "color": "red", "noise": "0"},  # ok
+            {"x1": "abc", "x2": "3", "color": "red", "noise": "0"},  # not a number
+            {"x1": "50", "x2": "3", "color": "red", "noise": "0"},  # out of range
+            {"x1": "0", "x2": "3", "color": "purple", "noise": "0"},  # unknown category
+            {"x1": "0", "x2": "2.5", "color": "red", "noise": "0"},  # not a whole number
+            {"x1": None, "x2": None, "color": "red", "noise": "0"},  # required missing; x2 nullable
+            {"x1": "inf", "x2": "1", "color": "red", "noise": "0"},  # infinity
+        ]
+    )
+    res = validate_frame(df, FIELDS)
+    errs = res.errors.tolist()
+    assert len(errs) == len(df)
+    assert errs[0] == ""
+    assert errs[1].startswith("x1: not a number")
+    assert "x1" in errs[2] and "between -10 and 10" in errs[2]
+    assert "color" in errs[3] and "one of" in errs[3]
+    assert "x2" in errs[4] and "whole number" in errs[4]
+    assert errs[5] == "x1: is required (missing value)"
+    assert errs[6].startswith("x1: not a number")
+    assert res.n_invalid == 6
+    summary = res.summary()
+    assert summary["invalid_rows"] == 6 and summary["examples"]
+
+
+def test_missing_columns_is_a_file_level_error() -> None:
+    with pytest.raises(MissingColumnsError) as exc:
+        validate_frame(pd.DataFrame({"x1": ["1"]}), FIELDS)
+    assert exc.value.missing == ["x2", "color", "noise"]
+
+
+def test_pandera_schema_carries_ranges_and_categories() -> None:
+    schema = pandera_schema(FIELDS)
+    assert set(schema.columns) == {f.name for f in FIELDS}
+    assert schema.columns["x2"].nullable and not schema.columns["x1"].nullable
+    checks = " ".join(str(c) for c in schema.columns["color"].checks)
+    assert "isin" in checks
+
+
+def test_request_model_matches_the_data_schema() -> None:
+    Model = request_model("Rec", FIELDS)
+    ok = Model(x1=0.5, x2=None, color="red", noise=0)
+    assert ok.model_dump()["x2"] is None
+    for bad, field in [
+        ({"x1": 11}, "x1"),
+        ({"color": "purple"}, "color"),
+        ({"x1": math.nan}, "x1"),
+        ({"x1": math.inf}, "x1"),
+        ({"extra": 1}, "extra"),
+    ]:
+        with pytest.raises(pydantic.ValidationError) as exc:
+            Model(**({"x1": 0.5, "x2": 1, "color": "red", "noise": 0} | bad))
+        assert field in str(exc.value)
+
+
+def test_numeric_frames_pass_through_coercion_unchanged() -> None:
+    df = pd.DataFrame({"x1": [0.1, 0.2], "x2": [1, np.nan], "color": ["red", "blue"], "noise": [0.0, 0.0]})
+    res = validate_frame(df, FIELDS)
+    assert res.n_invalid == 0
+    assert np.isnan(res.frame.loc[1, "x2"])
