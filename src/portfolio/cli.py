@@ -20,8 +20,8 @@ from portfolio.core.settings import Settings, get_settings
 from portfolio.services import SERVICES, get_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 ServiceArg = Annotated[str, typer.Argument(help=f"Service: {', '.join(SERVICES)}")]
 
