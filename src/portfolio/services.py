@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from portfolio.bankchurn.spec import SPEC as BANKCHURN
 from portfolio.core.spec import ServiceSpec
+from portfolio.telecom.spec import SPEC as TELECOM
 
-SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN,)}
+SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN, TELECOM)}
 
 
 def get_spec(name: str) -> ServiceSpec:

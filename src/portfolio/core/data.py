@@ -101,6 +101,8 @@ def load_training_data(spec: ServiceSpec, settings: Settings, path: Path | None 
     y_raw = spec.encode_target(raw[spec.target])
     y_numeric = pd.to_numeric(y_raw, errors="coerce")
     target_ok = y_numeric.notna()
+    if spec.task == "classification":
+        target_ok &= y_numeric.isin([0, 1])  # a label outside {0, 1} is unusable, not a third class
     keep = result.valid_mask & target_ok
     X = result.frame.loc[keep]
     y = y_numeric.loc[keep]
