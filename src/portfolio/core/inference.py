@@ -1,58 +1,114 @@
 """Turning validated inputs into a service's outputs, identically for the API, batch prediction,
-evaluation and the dashboard."""
+evaluation and the dashboard.
+
+At load time the champion is compiled into the fast path (``core/fastpath.py``); when a model
+cannot be compiled, the same outputs come from the scikit-learn pipeline on a DataFrame and
+``inference`` says why (shown in ``/model`` and logged)."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from portfolio.core.fastpath import (
+    Columns,
+    NotCompilable,
+    compile_pipeline,
+    frame_to_columns,
+    to_columns,
+    unwrap,
+)
 from portfolio.core.registry import LoadedModel
 from portfolio.core.schema import coerce
 from portfolio.core.spec import ServiceSpec
 
+log = logging.getLogger(__name__)
+
 
 class Predictor:
-    """A loaded champion plus its spec: ``predict_frame`` maps typed rows to output columns."""
+    """A loaded champion plus its spec."""
 
-    def __init__(self, spec: ServiceSpec, loaded: LoadedModel):
+    def __init__(self, spec: ServiceSpec, loaded: LoadedModel, compile: bool = True):
         self.spec = spec
         self.loaded = loaded
         self.model = loaded.model
         self.version = loaded.version
         self.threshold = loaded.threshold
+        self._fast: Callable[[Columns], np.ndarray] | None = None
+        self.inference = "pipeline (compilation disabled)"
+        if compile:
+            try:
+                self._fast = compile_pipeline(unwrap(self.model), spec.task)
+                self.inference = "compiled"
+            except NotCompilable as exc:
+                self.inference = f"pipeline (not compilable: {exc})"
+                log.warning("%s v%s: serving through the pipeline: %s", spec.name, self.version, exc)
+
+    @property
+    def compiled(self) -> bool:
+        return self._fast is not None
 
     @property
     def output_columns(self) -> list[str]:
         if self.spec.task == "classification":
-            extra = list(self.spec.extra_output_columns)
-            return ["probability", "prediction", *extra]
+            return ["probability", "prediction", *self.spec.extra_output_columns]
         t = self.spec.target
         return [t, f"{t}_low", f"{t}_high"]
 
-    def predict_frame(self, typed: pd.DataFrame) -> pd.DataFrame:
-        """Rows must already be validated and typed (``schema.validate_frame``/``coerce``)."""
-        X = typed[self.spec.feature_names]
+    # -- scores ---------------------------------------------------------------------------------
+    def _pipeline_scores(self, X: pd.DataFrame) -> np.ndarray:
         if self.spec.task == "classification":
-            proba = np.asarray(self.model.predict_proba(X)[:, 1], dtype=float)
-            assert self.threshold is not None
-            out = pd.DataFrame(
-                {"probability": proba, "prediction": (proba >= self.threshold).astype(int)},
-                index=typed.index,
-            )
-            if self.spec.extra_outputs is not None:
-                extra = self.spec.extra_outputs(X, proba, self)
-                for col in self.spec.extra_output_columns:
-                    out[col] = extra[col]
-            return out
-        point, low, high = self.model.predict_interval(X)
-        t = self.spec.target
-        return pd.DataFrame({t: point, f"{t}_low": low, f"{t}_high": high}, index=typed.index)
+            return np.asarray(self.model.predict_proba(X)[:, 1], dtype=float)
+        return np.asarray(self.model.predict(X), dtype=float)
 
-    def predict_records(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """API path: records already validated by the request model."""
-        frame = pd.DataFrame.from_records(records, columns=self.spec.feature_names)
+    def scores_frame(self, typed: pd.DataFrame) -> np.ndarray:
+        """P(positive) or the point prediction for typed rows."""
+        if self._fast is not None:
+            return self._fast(frame_to_columns(typed, self.spec.fields))
+        return self._pipeline_scores(typed[self.spec.feature_names])
+
+    def scores_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        if self._fast is not None:
+            return self._fast(to_columns(records, self.spec.fields))
+        return self._pipeline_scores(self._records_frame(records))
+
+    def _records_frame(self, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
+        frame = pd.DataFrame.from_records(list(records), columns=self.spec.feature_names)
         typed, _ = coerce(frame, self.spec.fields)
-        out = self.predict_frame(typed)
-        return out.to_dict(orient="records")  # type: ignore[return-value]
+        return typed
+
+    # -- outputs --------------------------------------------------------------------------------
+    def _outputs(self, scores: np.ndarray, X: Callable[[], pd.DataFrame]) -> dict[str, Any]:
+        if self.spec.task == "classification":
+            assert self.threshold is not None
+            out: dict[str, Any] = {
+                "probability": scores,
+                "prediction": (scores >= self.threshold).astype(int),
+            }
+            if self.spec.extra_outputs is not None:
+                extra = self.spec.extra_outputs(X(), scores, self)
+                for col in self.spec.extra_output_columns:
+                    out[col] = np.asarray(extra[col])
+            return out
+        low, high = self.model.interval_from_point(scores)
+        t = self.spec.target
+        return {t: scores, f"{t}_low": low, f"{t}_high": high}
+
+    def predict_frame(self, typed: pd.DataFrame) -> pd.DataFrame:
+        """Batch path: rows already validated and typed (``schema.validate_frame``)."""
+        scores = self.scores_frame(typed)
+        out = self._outputs(scores, lambda: typed[self.spec.feature_names])
+        return pd.DataFrame(out, index=typed.index)
+
+    def predict_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """API path: records already validated by the request model; no DataFrame on the
+        compiled path (unless the service's extra outputs need one)."""
+        scores = self.scores_records(records)
+        out = self._outputs(scores, lambda: self._records_frame(records))
+        keys = list(out)
+        columns = [out[k].tolist() for k in keys]
+        return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]

@@ -1,0 +1,42 @@
+"""Parity of the compiled fast path with the registered MLflow model, for any service."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import mlflow
+import numpy as np
+
+from portfolio.core import registry
+from portfolio.core.data import read_raw_csv
+from portfolio.core.inference import Predictor
+from portfolio.core.schema import validate_frame
+from portfolio.core.settings import Settings
+from portfolio.core.spec import ServiceSpec
+
+
+def assert_fast_path_parity(spec: ServiceSpec, settings: Settings, data_dir: Path, rows: int = 1000) -> None:
+    """On ``rows`` real rows the fast path equals the registered MLflow model's output:
+    probabilities within 1e-6 and identical labels at the stored threshold (classifiers), prices
+    within $0.01 (regressors)."""
+    registry.configure(settings)
+    predictor = Predictor(spec, registry.load_champion(spec, settings))
+    assert predictor.compiled, predictor.inference
+    raw = read_raw_csv(data_dir / spec.data_file)
+    sample = raw.sample(min(rows, len(raw)), random_state=0)
+    result = validate_frame(sample, spec.fields)
+    typed = result.frame[result.valid_mask]
+    assert len(typed) >= 0.9 * len(sample)
+    os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"
+    reference = mlflow.sklearn.load_model(f"models:/{spec.name}/{predictor.version}")
+    fast = predictor.scores_frame(typed)
+    X = typed[spec.feature_names]
+    if spec.task == "classification":
+        expected = reference.predict_proba(X)[:, 1]
+        np.testing.assert_allclose(fast, expected, atol=1e-6, rtol=0)
+        assert predictor.threshold is not None
+        assert np.array_equal(fast >= predictor.threshold, reference.predict(X) == 1)
+    else:
+        expected = reference.predict(X)
+        np.testing.assert_allclose(fast, expected, atol=0.01, rtol=0)
