@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run test lint typecheck unit repro clean help
+.PHONY: install data run test lint typecheck unit repro clean help bench
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -45,3 +45,6 @@ repro: install ## Run the DVC pipeline (validate → train → evaluate per serv
 
 clean: ## Remove local state (MLflow db, artifacts, caches), keep .venv and data
 	rm -rf .portfolio reports .pytest_cache .mypy_cache .ruff_cache test-output
+
+bench: install ## Serving benchmarks (in-process, HTTP vs mlflow models serve, batch, CLI) → docs/benchmarks.md
+	$(BIN)/python benchmarks/run.py

@@ -3,9 +3,11 @@ fails validation gets an ``error`` text and empty predictions, never a silent dr
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -47,7 +49,7 @@ def predict_csv(
             chunk: pd.DataFrame
             for chunk in reader:  # type: ignore[assignment]
                 out = score_chunk(predictor, chunk, report)
-                out.to_csv(fh, header=first, index=False)
+                _write_csv(out, fh, header=first)
                 first = False
                 if on_chunk:
                     on_chunk(len(chunk))
@@ -83,3 +85,18 @@ def score_chunk(predictor: Predictor, chunk: pd.DataFrame, report: BatchReport) 
     for reason, n in result.summary()["by_reason"].items():
         report.reasons[reason] = report.reasons.get(reason, 0) + n
     return out
+
+
+def _write_csv(frame: pd.DataFrame, fh: Any, header: bool) -> None:
+    """pyarrow's CSV writer: several times faster than ``DataFrame.to_csv`` on large chunks;
+    floats keep their shortest round-trip representation."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    # Valid rows have no error: write an empty cell rather than a quoted empty string.
+    frame = frame.assign(error=frame["error"].where(frame["error"] != "", None))
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    options = pacsv.WriteOptions(include_header=header, quoting_style="needed")
+    sink = io.BytesIO()
+    pacsv.write_csv(table, sink, options)
+    fh.write(sink.getvalue().decode())

@@ -52,8 +52,10 @@ def file_md5(path: Path) -> str:
 
 
 def read_raw_csv(path: Path, **kwargs: Any) -> pd.DataFrame:
-    """Read every column as text: typing is the schema's job, so bad cells become row errors."""
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], **kwargs)
+    """Read a raw CSV; only empty cells are missing ("NA" stays text). Types are inferred by
+    pandas' C parser for speed; a column holding anything unparsable stays text, and the schema's
+    coercion then turns each bad cell into a row error (see ``schema.coerce``)."""
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], **kwargs)
 
 
 @dataclass

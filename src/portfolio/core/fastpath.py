@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
 from sklearn.ensemble import VotingClassifier
 from sklearn.impute import SimpleImputer
@@ -85,7 +86,7 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
                 m: Matrix, stats: Any = stats, indicator: Any = indicator, is_obj: bool = is_obj
             ) -> Matrix:
                 if is_obj:
-                    missing = np.vectorize(_is_missing, otypes=[bool])(m) if m.size else m.astype(bool)
+                    missing = pd.isna(m)
                 else:
                     missing = np.isnan(m)
                 out = np.where(missing, stats[None, :], m)
@@ -107,17 +108,17 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
                 raise NotCompilable("OneHotEncoder with drop/handle_unknown=error")
             if getattr(step, "_infrequent_enabled", False):
                 raise NotCompilable("OneHotEncoder with infrequent categories")
-            lookups = [{c: i for i, c in enumerate(cats)} for cats in step.categories_]
             widths = [len(c) for c in step.categories_]
 
-            def onehot(m: Matrix, lookups: Any = lookups, widths: Any = widths) -> Matrix:
+            def onehot(m: Matrix, cats: Any = step.categories_, widths: Any = widths) -> Matrix:
+                # Vectorised lookup: category codes (-1 for unseen/missing) → column offsets.
                 out = np.zeros((m.shape[0], sum(widths)), dtype=np.float64)
+                rows = np.arange(m.shape[0])
                 offset = 0
-                for j, (lookup, width) in enumerate(zip(lookups, widths, strict=True)):
-                    for i, value in enumerate(m[:, j]):
-                        k = lookup.get(value)
-                        if k is not None:
-                            out[i, offset + k] = 1.0
+                for j, (categories, width) in enumerate(zip(cats, widths, strict=True)):
+                    codes = pd.Categorical(m[:, j], categories=categories).codes
+                    hit = codes >= 0
+                    out[rows[hit], offset + codes[hit]] = 1.0
                     offset += width
                 return out
 
@@ -138,10 +139,6 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
         return np.asarray(m, dtype=np.float64)
 
     return run
-
-
-def _is_missing(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
 
 
 def compile_column_transformer(ct: ColumnTransformer) -> Callable[[Columns], Matrix]:

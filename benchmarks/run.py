@@ -1,0 +1,315 @@
+"""`make bench`: the serving-performance benchmarks of issue 5, side by side with MLflow's own
+scoring server, on this machine. Prints one table and writes it (with machine and library
+versions) to docs/benchmarks.md.
+
+Everything runs for real: uvicorn APIs and `mlflow models serve` as separate processes on loopback
+ports, load from `wrk` (Debian package, installed when missing), in-process timings with
+perf_counter. Champions come from the configured tracking store (trained first when missing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from portfolio.core import registry
+from portfolio.core.data import read_raw_csv
+from portfolio.core.inference import Predictor
+from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
+from portfolio.core.schema import request_model, validate_frame
+from portfolio.core.settings import Settings, get_settings
+from portfolio.services import SERVICES
+
+ROOT = Path(__file__).resolve().parents[1]
+WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "20"))
+CLI_ROWS = int(os.environ.get("BENCH_CLI_ROWS", "1000000"))
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    found = shutil.which("wrk")
+    assert found, "wrk could not be installed"
+    return found
+
+
+def ensure_champions(settings: Settings) -> None:
+    from portfolio.core.training import train_service
+
+    registry.configure(settings)
+    for spec in SERVICES.values():
+        if registry.champion_version(spec.name) is None:
+            print(f"{spec.name}: no champion: training first …", flush=True)
+            train_service(spec, settings)
+
+
+def sample_records(spec: Any, settings: Settings, n: int) -> list[dict[str, Any]]:
+    raw = read_raw_csv(settings.resolved_data_dir / spec.data_file)
+    result = validate_frame(raw.sample(min(n, len(raw)), random_state=0), spec.fields)
+    typed = result.frame[result.valid_mask][spec.feature_names]
+    out = []
+    for rec in typed.to_dict("records"):
+        clean: dict[str, Any] = {}
+        for f in spec.fields:
+            v = rec[f.name]
+            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
+                clean[f.name] = None
+            elif f.kind == "int":
+                clean[f.name] = int(v)
+            elif f.kind == "date":
+                clean[f.name] = pd.Timestamp(v).strftime("%Y-%m-%d")
+            else:
+                clean[f.name] = v
+        out.append(clean)
+    return out
+
+
+def in_process(spec: Any, settings: Settings, records: list[dict[str, Any]]) -> dict[str, float]:
+    """One record end to end: request validation → features → model → response object."""
+    predictor = Predictor(spec, registry.load_champion(spec, settings))
+    Record = request_model("Rec", spec.fields)
+    times = []
+    for i in range(3000):
+        raw = records[i % len(records)]
+        t = time.perf_counter()
+        rec = Record.model_validate(raw)
+        out = predictor.predict_records([rec.model_dump()])[0]
+        out["model_version"] = predictor.version
+        times.append(time.perf_counter() - t)
+    times = times[200:]  # warm-up
+    return {
+        "p50_ms": float(np.percentile(times, 50) * 1e3),
+        "p99_ms": float(np.percentile(times, 99) * 1e3),
+        "compiled": float(predictor.compiled),
+    }
+
+
+def run_wrk(
+    url: str, body: dict[str, Any], connections: int = 8, seconds: int = WRK_SECONDS
+) -> dict[str, float]:
+    wrk = ensure_wrk()
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        payload = json.dumps(body).replace("\\", "\\\\").replace('"', '\\"')
+        fh.write(
+            'wrk.method = "POST"\n'
+            'wrk.headers["Content-Type"] = "application/json"\n'
+            f'wrk.body = "{payload}"\n'
+            "done = function(summary, latency, requests)\n"
+            '  io.write(string.format("P50 %d\\nP99 %d\\nNON2XX %d\\n", latency:percentile(50), '
+            "latency:percentile(99), summary.errors.status))\nend\n"
+        )
+        script = fh.name
+    out = subprocess.run(
+        [wrk, "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
+        capture_output=True, text=True, check=True, timeout=seconds + 60,
+    ).stdout  # fmt: skip
+    os.unlink(script)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = int(re.search(r"P50 (\d+)", out).group(1)) / 1000  # type: ignore[union-attr]
+    p99 = int(re.search(r"P99 (\d+)", out).group(1)) / 1000  # type: ignore[union-attr]
+    non2xx = int(re.search(r"NON2XX (\d+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": non2xx}
+
+
+def serve_api(name: str, settings: Settings, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = start(
+        [bin_path("portfolio"), "serve", name, "--port", str(port), "--workers", str(workers)],
+        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "PORTFOLIO_LOG_LEVEL": "WARNING"},
+        log_file=settings.resolved_state_dir / f"bench-{name}.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/ready", timeout=240, proc=proc)
+    return proc, base
+
+
+def serve_mlflow(name: str, settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = start(
+        [bin_path("mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
+         "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "-w", "1"],
+        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
+        log_file=settings.resolved_state_dir / f"bench-mlflow-{name}.log",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/ping", timeout=240, proc=proc)
+    return proc, base
+
+
+def batch_p50(base: str, records: list[dict[str, Any]]) -> float:
+    body = {"records": (records * (1000 // len(records) + 1))[:1000]}
+    times = []
+    with httpx.Client(timeout=30) as client:
+        for i in range(25):
+            t = time.perf_counter()
+            r = client.post(f"{base}/predict/batch", json=body)
+            if i >= 3:
+                times.append(time.perf_counter() - t)
+            assert r.status_code == 200, r.text
+    return float(np.percentile(times, 50) * 1e3)
+
+
+def cli_throughput(settings: Settings) -> dict[str, float]:
+    spec = SERVICES["bankchurn"]
+    raw = pd.read_csv(settings.resolved_data_dir / spec.data_file)
+    big = raw.sample(CLI_ROWS, replace=True, random_state=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.csv", Path(tmp) / "out.csv"
+        big.to_csv(src, index=False)
+        t = time.perf_counter()
+        proc = subprocess.run(
+            ["/usr/bin/time", "-v", bin_path("portfolio"), "predict", "bankchurn", str(src), "--output", str(dst)],
+            capture_output=True, text=True, env={**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri},
+        )  # fmt: skip
+        elapsed = time.perf_counter() - t
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rss_kb = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr).group(1))  # type: ignore[union-attr]
+        rows_out = sum(1 for _ in dst.open()) - 1
+        assert rows_out == CLI_ROWS
+        # Start-up (imports, model load) measured separately so the rate is the scoring itself.
+        t0 = time.perf_counter()
+        small = Path(tmp) / "one.csv"
+        big.head(1).to_csv(small, index=False)
+        subprocess.run(
+            [bin_path("portfolio"), "predict", "bankchurn", str(small), "--output", str(Path(tmp) / "o.csv")],
+            capture_output=True, check=True, env={**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri},
+        )  # fmt: skip
+        startup = time.perf_counter() - t0
+    return {
+        "seconds": elapsed,
+        "startup_s": startup,
+        "rows_per_s": CLI_ROWS / max(elapsed - startup, 1e-9),
+        "rows_per_s_incl_startup": CLI_ROWS / elapsed,
+        "max_rss_mb": rss_kb / 1024,
+        "input_mb": src.stat().st_size / 1e6 if src.exists() else float("nan"),
+    }
+
+
+def main() -> None:
+    settings = get_settings()
+    registry.configure(settings)
+    ensure_champions(settings)
+    rows: list[tuple[str, str, str, str]] = []  # (figure, value, target, verdict)
+
+    def add(figure: str, value: float, target: str, ok: bool, fmt: str = "{:.3f}") -> None:
+        rows.append((figure, fmt.format(value), target, "PASS" if ok else "MISS"))
+        print(
+            f"{figure:60s} {fmt.format(value):>12s}  target {target:>14s}  {'PASS' if ok else 'MISS'}",
+            flush=True,
+        )
+
+    for name, spec in SERVICES.items():
+        records = sample_records(spec, settings, 1000)
+        ip = in_process(spec, settings, records)
+        add(
+            f"{name}: in-process p50 (ms), {'compiled' if ip['compiled'] else 'pipeline'}",
+            ip["p50_ms"],
+            "≤ 1 ms",
+            ip["p50_ms"] <= 1,
+        )
+        add(f"{name}: in-process p99 (ms)", ip["p99_ms"], "≤ 3 ms", ip["p99_ms"] <= 3)
+        proc, base = serve_api(name, settings)
+        try:
+            ours = run_wrk(f"{base}/predict", records[0])
+            add(
+                f"{name}: HTTP /predict req/s (1 worker, 8 conn)",
+                ours["rps"],
+                "≥ 1,000",
+                ours["rps"] >= 1000,
+                "{:.0f}",
+            )
+            add(f"{name}: HTTP /predict p99 (ms)", ours["p99_ms"], "≤ 20 ms", ours["p99_ms"] <= 20)
+            add(f"{name}: HTTP non-2xx responses", ours["errors"], "0", ours["errors"] == 0, "{:.0f}")
+            bp50 = batch_p50(base, records)
+            add(f"{name}: POST /predict/batch 1,000 records p50 (ms)", bp50, "≤ 25 ms", bp50 <= 25)
+        finally:
+            stop(proc)
+        mproc, mbase = serve_mlflow(name, settings)
+        try:
+            theirs = run_wrk(f"{mbase}/invocations", {"dataframe_records": [records[0]]})
+            add(
+                f"{name}: mlflow models serve req/s (1 worker, 8 conn)",
+                theirs["rps"],
+                "reference",
+                True,
+                "{:.0f}",
+            )
+            add(f"{name}: mlflow models serve p99 (ms)", theirs["p99_ms"], "reference", True)
+            ratio = ours["rps"] / max(theirs["rps"], 1e-9)
+            add(f"{name}: throughput ratio ours / mlflow", ratio, "≥ 15×", ratio >= 15, "{:.1f}×")
+        finally:
+            stop(mproc)
+
+    records = sample_records(SERVICES["bankchurn"], settings, 1000)
+    for workers in (1, 2):
+        proc, base = serve_api("bankchurn", settings, workers)
+        try:
+            r = run_wrk(f"{base}/predict", records[0])
+            add(f"bankchurn: HTTP req/s with {workers} worker(s)", r["rps"], "report", True, "{:.0f}")
+        finally:
+            stop(proc)
+
+    cli = cli_throughput(settings)
+    add(
+        f"bankchurn: `portfolio predict` {CLI_ROWS:,} rows, rows/s (scoring)",
+        cli["rows_per_s"],
+        "≥ 200,000",
+        cli["rows_per_s"] >= 200_000,
+        "{:,.0f}",
+    )
+    add(
+        "bankchurn: `portfolio predict` rows/s incl. start-up",
+        cli["rows_per_s_incl_startup"],
+        "report",
+        True,
+        "{:,.0f}",
+    )
+    add("bankchurn: `portfolio predict` max RSS (MB)", cli["max_rss_mb"], "bounded", True, "{:.0f}")
+    write_report(rows, cli)
+
+
+def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -> None:
+    libs = ["scikit-learn", "xgboost", "numpy", "pandas", "fastapi", "uvicorn", "pydantic", "mlflow"]
+    lines = [
+        "# Serving benchmarks",
+        "",
+        f"Generated by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"Machine: {os.cpu_count()} cores, {platform.machine()}, {platform.platform()}, Python {sys.version.split()[0]}; "
+        f"load average at the end {os.getloadavg()[0]:.1f}.",
+        "Libraries: " + ", ".join(f"{lib} {version(lib)}" for lib in libs) + ".",
+        f"Load: wrk, 2 threads, 8 connections, {WRK_SECONDS} s, one record per POST; MLflow side: "
+        "`mlflow models serve --env-manager local -w 1` on the same registered champion, in the same run.",
+        "",
+        "| figure | measured | target | |",
+        "|---|---:|---:|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+        f"CLI: input CSV {cli['input_mb']:.0f} MB; start-up (imports + model load) {cli['startup_s']:.1f} s, "
+        "measured by a one-row run and subtracted for the scoring rate.",
+        "",
+    ]
+    out = ROOT / "docs" / "benchmarks.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text("\n".join(lines))
+    print(f"\nwritten to {out}")
+
+
+if __name__ == "__main__":
+    main()
