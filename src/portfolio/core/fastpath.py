@@ -85,10 +85,7 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
             def impute(
                 m: Matrix, stats: Any = stats, indicator: Any = indicator, is_obj: bool = is_obj
             ) -> Matrix:
-                if is_obj:
-                    missing = pd.isna(m)
-                else:
-                    missing = np.isnan(m)
+                missing = pd.isna(m) if is_obj else np.isnan(m)
                 out = np.where(missing, stats[None, :], m)
                 if indicator is not None:
                     out = np.hstack([out, missing[:, indicator].astype(np.float64)])
