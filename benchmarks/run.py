@@ -216,6 +216,8 @@ def main() -> None:
             flush=True,
         )
 
+    # First, before any server child exists, so the children's peak RSS is the predict run's.
+    cli = cli_throughput(settings)
     for name, spec in SERVICES.items():
         records = sample_records(spec, settings, 1000)
         ip = in_process(spec, settings, records)
@@ -267,7 +269,6 @@ def main() -> None:
         finally:
             stop(proc)
 
-    cli = cli_throughput(settings)
     add(
         f"bankchurn: `portfolio predict` {CLI_ROWS:,} rows, rows/s (scoring)",
         cli["rows_per_s"],
