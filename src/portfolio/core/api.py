@@ -230,6 +230,7 @@ def create_app(
             "task": spec.task,
             "version": p.version,
             "source": p.loaded.source,
+            "inference": p.inference,
             "threshold": p.threshold,
             "sha256": p.loaded.sha256,
             "metrics": {k: v for k, v in sorted(p.loaded.metrics.items()) if not math.isnan(v)},
