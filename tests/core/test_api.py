@@ -11,7 +11,6 @@ from fastapi.testclient import TestClient
 
 from portfolio.core.api import create_app
 from portfolio.core.settings import Settings
-from portfolio.core.training import train_service
 from tests.conftest import make_settings
 from tests.core import synthetic
 
@@ -19,13 +18,8 @@ GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("api")
-    (root / "data").mkdir()
-    synthetic.write_csv(root / "data" / "synth.csv", n=600)
-    settings = make_settings(root / "state", data_dir=root / "data", cv_folds=3, max_batch_size=5)
-    train_service(synthetic.CLASSIFIER, settings)
-    return settings
+def trained(synth_trained: Settings) -> Settings:
+    return synth_trained.model_copy(update={"max_batch_size": 5})
 
 
 def wait_ready(client: TestClient) -> None:

@@ -1,6 +1,7 @@
 """FastAPI app factory shared by every service: /health /ready /model /predict /predict/batch
 /metrics. A service contributes only its spec; nothing here is service-specific."""
 
+import hmac
 import logging
 import math
 import os
@@ -11,7 +12,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
@@ -189,6 +191,30 @@ def create_app(
         log.exception("unhandled error on %s", request.url.path)
         return JSONResponse({"detail": [{"field": "", "reason": "internal error"}]}, status_code=500)
 
+    api_keys = _keys(settings.api_keys)
+    admin_keys = _keys(settings.admin_api_keys)
+
+    def require_key(request: Request) -> None:
+        """Prediction endpoints: a key is needed only when PORTFOLIO_API_KEYS is set."""
+        if api_keys and not _key_matches(_presented_key(request), api_keys):
+            raise AccessDenied(401, "missing or invalid API key (Authorization: Bearer … or X-API-Key)")
+
+    def require_admin(request: Request) -> None:
+        """Admin endpoints always need a key from PORTFOLIO_ADMIN_API_KEYS (separate from API keys)."""
+        if not admin_keys:
+            raise AccessDenied(403, "admin endpoints are disabled (PORTFOLIO_ADMIN_API_KEYS is empty)")
+        if not _key_matches(_presented_key(request), admin_keys):
+            raise AccessDenied(401, "missing or invalid admin key")
+
+    @app.exception_handler(AccessDenied)
+    async def on_denied(request: Request, exc: AccessDenied) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(
+            {"detail": [{"field": "authorization", "reason": exc.reason}]},
+            status_code=exc.status,
+            headers=headers,
+        )
+
     def require_model() -> Predictor:
         p = holder.predictor
         if p is None:
@@ -220,7 +246,7 @@ def create_app(
             body["detail"] = "tracking server unreachable: serving the cached champion"
         return JSONResponse(body)
 
-    @app.get("/model", tags=["model"])
+    @app.get("/model", tags=["model"], dependencies=[Depends(require_key)])
     async def model_info() -> dict[str, Any]:
         """Name, version, threshold, metrics and input schema of the served model."""
         p = require_model()
@@ -249,13 +275,26 @@ def create_app(
                 metrics.predictions.labels(spec.name, "price").inc()
         return out
 
-    @app.post("/predict", tags=["predict"])
+    @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)])
+    async def admin_reload() -> dict[str, Any]:
+        """Load the registry's current champion now (no restart); keeps the old model on failure."""
+        try:
+            changed = await run_in_threadpool(holder.refresh)
+        except Exception as exc:
+            log.warning("admin reload failed: %s", exc)
+            return JSONResponse(  # type: ignore[return-value]
+                {"detail": [{"field": "", "reason": f"reload failed, model kept: {exc}"}]}, status_code=502
+            )
+        p = holder.predictor
+        return {"reloaded": changed, "model_version": p.version if p else None}
+
+    @app.post("/predict", tags=["predict"], dependencies=[Depends(require_key)])
     async def predict(record: Record) -> dict[str, Any]:  # type: ignore[valid-type]
         """Score one record."""
         p = require_model()
         return respond(p, [record.model_dump()])[0]  # type: ignore[attr-defined]
 
-    @app.post("/predict/batch", tags=["predict"])
+    @app.post("/predict/batch", tags=["predict"], dependencies=[Depends(require_key)])
     async def predict_batch(batch: Batch) -> dict[str, Any]:  # type: ignore[valid-type]
         """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
         p = require_model()
@@ -278,6 +317,31 @@ def create_app(
 
 class ModelUnavailable(RuntimeError):
     pass
+
+
+class AccessDenied(Exception):
+    def __init__(self, status: int, reason: str):
+        self.status = status
+        self.reason = reason
+
+
+def _keys(raw: str) -> list[bytes]:
+    return [k.strip().encode() for k in raw.split(",") if k.strip()]
+
+
+def _presented_key(request: Request) -> bytes:
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip().encode()
+    return request.headers.get("x-api-key", "").strip().encode()
+
+
+def _key_matches(presented: bytes, keys: list[bytes]) -> bool:
+    """Constant-time comparison against every key (no early exit that leaks which one matched)."""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest(presented, key)
+    return ok and bool(presented)
 
 
 class RequestContextMiddleware:

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
         default=30.0, ge=0, description="How often a running API checks for a new champion (0: never)."
     )
     cors_origins: str = Field(default="", description="Comma-separated CORS origins (closed when empty).")
+    api_keys: str = Field(
+        default="",
+        description="Comma-separated API keys; when set, prediction endpoints require one.",
+    )
+    admin_api_keys: str = Field(
+        default="", description="Comma-separated admin keys for /admin/* (admin is off when empty)."
+    )
     log_level: str = Field(default="INFO", description="Log level.")
     batch_chunk_rows: int = Field(default=100_000, ge=1, description="CSV rows per chunk in predict.")
 
