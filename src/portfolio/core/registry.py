@@ -66,6 +66,11 @@ def configure(settings: Settings) -> str:
     # No phoning home: this platform runs on closed networks.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow's own HTTP retries default to ~7 with exponential backoff (minutes per call); keep
+    # them short so our bounded backoff (PORTFOLIO_MODEL_LOAD_RETRIES) decides how long we wait.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     uri = settings.tracking_uri
     if uri.startswith("sqlite:///") and not settings.mlflow_tracking_uri:
         settings.resolved_state_dir.mkdir(parents=True, exist_ok=True)
