@@ -1,0 +1,55 @@
+#!/bin/sh
+# Container entrypoint (the image's ENTRYPOINT; tests/deploy runs this very file as an
+# unprivileged user). The role comes from PORTFOLIO_SERVICE:
+#   bankchurn | carvision | telecom  the service's API   (`portfolio serve`, port PORTFOLIO_PORT)
+#   dashboard                        the CarVision dashboard (port PORTFOLIO_DASHBOARD_PORT)
+#   mlflow                           the MLflow tracking server, configured by MLFLOW_* variables
+#                                    (MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION, …)
+# Commands:  run (default) | health (liveness probe of the running role) | any other command,
+# executed as given (e.g. `portfolio train bankchurn`).
+set -eu
+
+role="${PORTFOLIO_SERVICE:-}"
+host="${PORTFOLIO_HOST:-0.0.0.0}"
+
+health_url() {
+    case "$role" in
+        dashboard) echo "http://127.0.0.1:${PORTFOLIO_DASHBOARD_PORT:-8501}/_stcore/health" ;;
+        mlflow) echo "http://127.0.0.1:${MLFLOW_PORT:-5000}/health" ;;
+        *) echo "http://127.0.0.1:${PORTFOLIO_PORT:-8000}/health" ;;
+    esac
+}
+
+command="${1:-run}"
+case "$command" in
+    run) ;;
+    health)
+        exec python -c '
+import sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=4) as r:
+        sys.exit(0 if r.status == 200 else 1)
+except Exception as exc:
+    print(f"unhealthy: {sys.argv[1]}: {exc}", file=sys.stderr)
+    sys.exit(1)
+' "$(health_url)"
+        ;;
+    *) exec "$@" ;;
+esac
+
+case "$role" in
+    "")
+        echo "PORTFOLIO_SERVICE is not set: choose bankchurn, carvision, telecom, dashboard or mlflow" >&2
+        exit 64
+        ;;
+    dashboard)
+        exec portfolio dashboard --host "$host" --port "${PORTFOLIO_DASHBOARD_PORT:-8501}"
+        ;;
+    mlflow)
+        export MLFLOW_HOST="${MLFLOW_HOST:-0.0.0.0}"
+        exec mlflow server
+        ;;
+    *)
+        exec portfolio serve "$role" --host "$host" --port "${PORTFOLIO_PORT:-8000}"
+        ;;
+esac
