@@ -1,4 +1,4 @@
-"""`portfolio`: train, predict, evaluate, serve, promote, validate, models, up."""
+"""`portfolio`: train, predict, evaluate, serve, promote, validate, drift, models, dashboard, up."""
 
 from __future__ import annotations
 
@@ -256,6 +256,65 @@ def validate(
 
 
 @app.command()
+def drift(
+    service: ServiceArg,
+    current: Annotated[Path, typer.Argument(help="CSV batch to check (the dataset's raw columns).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON report.")],
+    reference: Annotated[
+        Path | None, typer.Option(help="Reference CSV (default: the model's training reference).")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="HTML report (default: OUTPUT with .html).")] = None,
+    version: Annotated[str | None, typer.Option(help="Registered version (default: champion).")] = None,
+    fail_on_drift: Annotated[bool, typer.Option(help="Exit with code 1 when drift is detected.")] = False,
+) -> None:
+    """Data drift of a batch vs the training data: per feature PSI + KS (numeric) or PSI + chi-square
+    (categorical), a threshold and `drifted`; overall `drift_detected`. Writes JSON and HTML."""
+    from portfolio.core import registry
+    from portfolio.core.inference import Predictor
+    from portfolio.core.monitoring import DriftInputError, ReferenceUnavailable, drift_from_files, write_html
+
+    settings = _settings()
+    spec = _spec(service)
+    registry.configure(settings)
+    predictor = None
+    try:
+        loaded = (
+            registry.load_version(spec, settings, version)
+            if version
+            else registry.load_champion(spec, settings)
+        )
+        predictor = Predictor(spec, loaded)
+    except registry.NoChampionError as exc:
+        if reference is None:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(3) from None
+    try:
+        report = drift_from_files(spec, settings, current, predictor=predictor, reference_path=reference)
+    except (DriftInputError, ReferenceUnavailable) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+    html_path = write_html(report, html or output.with_suffix(".html"))
+    t = Table(title=f"{spec.name}: drift of {current.name} ({report['current']['rows']} valid rows)")
+    for col in ("feature", "method", "PSI", "p-value", "drifted"):
+        t.add_column(col)
+    for name, r in report["features"].items():
+        flag = "[red]yes[/red]" if r["drifted"] else "no"
+        t.add_row(name, r["method"], f"{r['psi']:.4f}", f"{r['pvalue']:.3g}", flag)
+    out.print(t)
+    verdict = "[red]drift detected[/red]" if report["drift_detected"] else "[green]no drift[/green]"
+    out.print(
+        f"{verdict}: {report['n_drifted']} of {len(report['features'])} features"
+        + "".join(f" {name}" for name in report["drifted_features"])
+        + f"; {report['current']['invalid_rows']} invalid rows excluded "
+        f"→ {output}, {html_path}"
+    )
+    if fail_on_drift and report["drift_detected"]:
+        raise typer.Exit(1)
+
+
+@app.command()
 def promote(
     service: ServiceArg, version: Annotated[str, typer.Argument(help="Version to make champion.")]
 ) -> None:
@@ -327,6 +386,22 @@ def serve(
         access_log=False,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command()
+def dashboard(
+    host: Annotated[str | None, typer.Option(help="Bind address (PORTFOLIO_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (PORTFOLIO_DASHBOARD_PORT).")] = None,
+) -> None:
+    """Start the CarVision Market Intelligence dashboard (Streamlit). Set CARVISION_API_URL to
+    predict through a running CarVision API instead of the local champion."""
+    from portfolio.carvision.dashboard import streamlit_argv
+
+    settings = _settings()
+    argv = streamlit_argv(host or settings.host, port or settings.dashboard_port)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)  # become Streamlit: signals and exit codes are its own
 
 
 @app.command()

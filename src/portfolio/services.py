@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from portfolio.bankchurn.spec import SPEC as BANKCHURN
+from portfolio.carvision.spec import SPEC as CARVISION
 from portfolio.core.spec import ServiceSpec
 from portfolio.telecom.spec import SPEC as TELECOM
 
-SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN, TELECOM)}
+SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN, CARVISION, TELECOM)}
 
 
 def get_spec(name: str) -> ServiceSpec:

@@ -31,6 +31,7 @@ from pydantic import Field as PydField
 from portfolio.core import registry
 from portfolio.core.inference import Predictor
 from portfolio.core.logs import request_id
+from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
 from portfolio.core.schema import request_model
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
@@ -153,6 +154,10 @@ def create_app(
     settings = settings or get_settings()
     holder = holder or ModelHolder(spec, settings)
     metrics = Metrics(spec)
+    # Rolling window of recent inputs/scores; drift gauges are computed when /metrics is scraped.
+    monitor = LiveMonitor(spec)
+    metrics.registry.register(DriftCollector(spec.name, monitor))
+    score_key = "probability" if spec.task == "classification" else spec.target
     Record = request_model(f"{spec.name.title()}Record", spec.fields)
     Batch = create_model(  # type: ignore[call-overload]
         f"{spec.name.title()}Batch",
@@ -174,6 +179,7 @@ def create_app(
     )
     app.state.holder = holder
     app.state.metrics = metrics
+    app.state.monitor = monitor
     if settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,
@@ -273,6 +279,7 @@ def create_app(
                 metrics.predictions.labels(spec.name, str(item["prediction"])).inc()
             else:
                 metrics.predictions.labels(spec.name, "price").inc()
+        monitor.observe(rows, [item[score_key] for item in out])
         return out
 
     @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)])
@@ -301,12 +308,28 @@ def create_app(
         rows = [r.model_dump() for r in batch.records]  # type: ignore[attr-defined]
         return {"predictions": respond(p, rows), "model_version": p.version, "count": len(rows)}
 
+    @app.post("/explain", tags=["predict"], dependencies=[Depends(require_key)])
+    async def explain(record: Record) -> Any:  # type: ignore[valid-type]
+        """The prediction for one record plus per-feature contributions (original field names)
+        that add up, with `base_value`, to `output_value`: log-odds (classifiers) or the predicted
+        value (regressors). `method` says how they were computed (TreeSHAP or sampling Shapley)."""
+        p = require_model()
+        try:
+            body = await run_in_threadpool(monitor.explain, p, settings, record.model_dump())  # type: ignore[attr-defined]
+        except ReferenceUnavailable as exc:
+            return JSONResponse({"detail": [{"field": "", "reason": str(exc)}]}, status_code=503)
+        body["model_version"] = p.version
+        return body
+
     @app.get("/metrics", tags=["ops"])
     async def prometheus() -> Response:
         p = holder.predictor
         metrics.model_ready.labels(spec.name).set(1 if p else 0)
         if p:
             metrics.model_version.labels(spec.name).set(float(p.version))
+            if monitor.needs_reference(p.version):
+                await run_in_threadpool(monitor.sync, spec, settings, p.version, p.loaded.run_id)
+        await run_in_threadpool(monitor.evaluate)  # drift statistics off the event loop (cached)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
@@ -354,6 +377,10 @@ class RequestContextMiddleware:
         self.metrics = metrics
         self.max_body = max_body
 
+    async def _too_large(self, send: Any, rid: str) -> None:
+        reason = f"request body larger than {self.max_body} bytes"
+        await _send_json(send, 413, {"detail": [{"field": "body", "reason": reason}]}, rid)
+
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
@@ -367,16 +394,7 @@ class RequestContextMiddleware:
         length = headers.get(b"content-length")
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
-                await _send_json(
-                    send,
-                    413,
-                    {
-                        "detail": [
-                            {"field": "body", "reason": f"request body larger than {self.max_body} bytes"}
-                        ]
-                    },
-                    rid,
-                )
+                await self._too_large(send, rid)
                 status_holder["status"] = 413
                 return
             received = 0
@@ -404,16 +422,7 @@ class RequestContextMiddleware:
             except BodyTooLarge:
                 if too_big:
                     status_holder["status"] = 413
-                    await _send_json(
-                        send,
-                        413,
-                        {
-                            "detail": [
-                                {"field": "body", "reason": f"request body larger than {self.max_body} bytes"}
-                            ]
-                        },
-                        rid,
-                    )
+                    await self._too_large(send, rid)
         finally:
             elapsed = time.perf_counter() - start
             endpoint = path if path in _KNOWN else "other"
@@ -433,7 +442,17 @@ class RequestContextMiddleware:
             request_id.reset(token)
 
 
-_KNOWN = {"/health", "/ready", "/model", "/predict", "/predict/batch", "/metrics", "/docs", "/openapi.json"}
+_KNOWN = {
+    "/health",
+    "/ready",
+    "/model",
+    "/predict",
+    "/predict/batch",
+    "/explain",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+}
 
 
 class BodyTooLarge(Exception):

@@ -25,7 +25,7 @@ from sklearn.ensemble import VotingClassifier
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
+from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
 from portfolio.core.schema import Field
 
@@ -45,10 +45,9 @@ def to_columns(records: Sequence[dict[str, Any]], fields: Sequence[Field]) -> Co
         if f.kind in ("int", "float"):
             cols[f.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         elif f.kind == "date":
-            cols[f.name] = np.array(
-                [np.datetime64("NaT") if v is None else np.datetime64(v, "ns") for v in values],
-                dtype="datetime64[ns]",
-            )
+            # Same parsing as schema.coerce (the field's own format, e.g. M/D/YYYY).
+            parsed = pd.to_datetime(pd.Series(values, dtype=object), format=f.date_format, errors="coerce")
+            cols[f.name] = parsed.to_numpy(dtype="datetime64[ns]")
         else:
             cols[f.name] = np.array(values, dtype=object)
     return cols
@@ -76,6 +75,8 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
     for step in steps:
         if step == "passthrough" or step is None:
             continue
+        if isinstance(step, FunctionTransformer) and step.func is None:
+            continue  # a fitted "passthrough" column block
         if isinstance(step, SimpleImputer):
             stats = step.statistics_
             indicator = step.indicator_.features_ if step.add_indicator else None

@@ -29,6 +29,7 @@ def write_model_card(
     importance: dict[str, float],
     gate: dict[str, Any],
     params: dict[str, Any],
+    fairness: dict[str, Any] | None = None,
 ) -> Path:
     out = settings.resolved_models_dir / spec.name / "model_card.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -91,6 +92,10 @@ def write_model_card(
     lines += ["", "## Champion gate", f"`{gate}`", "", "## Permutation importance (hold-out)", ""]
     for col, val in sorted(importance.items(), key=lambda kv: -kv[1]):
         lines.append(f"- {col}: {val:.4f}")
+    if fairness is not None:
+        from portfolio.core.fairness import fairness_markdown
+
+        lines += ["", *fairness_markdown(fairness)]
     lines += [
         "",
         "## Intended use",

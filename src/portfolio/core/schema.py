@@ -11,12 +11,12 @@ Validation of a frame runs in two steps that together account for every row:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, create_model
 from pydantic import Field as PydField
 
 Kind = Literal["int", "float", "category", "text", "date"]
@@ -200,6 +200,18 @@ class MissingColumnsError(ValueError):
         super().__init__(f"missing required columns: {', '.join(missing)}")
 
 
+def _date_check(date_format: str | None) -> Any:
+    """A request's date must parse exactly as ``coerce`` parses the files' dates."""
+
+    def check(value: str) -> str:
+        text = value.strip()
+        if pd.isna(pd.to_datetime(text, format=date_format, errors="coerce")):
+            raise ValueError(f"not a date in the format {date_format or 'ISO 8601'} ({value!r})")
+        return text
+
+    return check
+
+
 def request_model(model_name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
     """The pydantic request model for one record: same types, ranges and categories as the data
     schema; unknown fields are rejected; NaN and Infinity are rejected."""
@@ -211,6 +223,8 @@ def request_model(model_name: str, fields: tuple[Field, ...]) -> type[BaseModel]
             typ = float
         elif f.kind == "category":
             typ = Literal[f.categories] if f.categories else str  # type: ignore[valid-type]
+        elif f.kind == "date":
+            typ = Annotated[str, AfterValidator(_date_check(f.date_format))]
         else:
             typ = str
         constraints: dict[str, Any] = {"description": f.description}

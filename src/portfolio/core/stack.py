@@ -88,6 +88,24 @@ def run_stack(settings: Settings, services: list[str], console: Console) -> int:
             urls.append((f"{get_spec(name).title} API", f"http://{settings.host}:{port}"))
         for (_name, proc), (_, url) in zip(procs[-len(services) :], urls[-len(services) :], strict=True):
             wait_http(f"{url}/ready", timeout=180, proc=proc)
+        if "carvision" in services:
+            # The CarVision dashboard, predicting through the CarVision API started above.
+            from portfolio.carvision.dashboard import streamlit_argv
+
+            port = settings.dashboard_port
+            if port_in_use(port):
+                console.print(f"[red]port {port} is busy: set PORTFOLIO_DASHBOARD_PORT[/red]")
+                return 2
+            api = dict(urls)[f"{get_spec('carvision').title} API"]
+            proc = start(
+                streamlit_argv(settings.host, port),
+                env={"MLFLOW_TRACKING_URI": tracking, "CARVISION_API_URL": api},
+                log_file=logs / "dashboard.log",
+            )
+            procs.append(("dashboard", proc))
+            url = f"http://{settings.host}:{port}"
+            wait_http(f"{url}/_stcore/health", timeout=120, proc=proc)
+            urls.append(("CarVision dashboard", url))
         table = Table(title="ML-MLOps Portfolio is up (Ctrl-C stops everything)")
         table.add_column("component")
         table.add_column("URL")

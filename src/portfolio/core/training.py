@@ -30,7 +30,9 @@ from portfolio.core import evaluation as ev
 from portfolio.core import registry
 from portfolio.core.data import Dataset, load_training_data
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
+from portfolio.core.fairness import log_fairness
 from portfolio.core.model_card import write_model_card
+from portfolio.core.monitoring import log_training_insights
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
@@ -272,6 +274,9 @@ def train_service(
                 mlflow.log_artifact(str(p_), artifact_path="plots")
             mlflow.log_dict(importance, "feature_importance.json")
             mlflow.log_dict(ds.report(), "data_report.json")
+            # Drift reference + explanation importance (monitoring.py), per-group report (fairness.py).
+            log_training_insights(spec, model, X_train, X_test, tmp / "plots", settings.seed)
+            fair = log_fairness(spec, X_test, y_te, scores.get("proba"), best.threshold)
 
             mlflow.log_params(
                 {
@@ -342,6 +347,7 @@ def train_service(
                 importance=importance,
                 gate=gate,
                 params=best_params,
+                fairness=fair,
             )
             mlflow.log_artifact(str(card))
     return TrainOutcome(

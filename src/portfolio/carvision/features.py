@@ -1,0 +1,344 @@
+"""CarVision feature engineering: scikit-learn transformers that travel inside the logged model, so
+training, ``/predict``, batch scoring and the dashboard share one code path.
+
+Each transformer works on *columns* (a dict of numpy arrays): ``transform_columns`` is the one
+implementation, used directly by the core's compiled fast path (``core/fastpath.py``), and
+``transform`` is a thin DataFrame wrapper around it. The two paths therefore cannot disagree.
+
+Pipeline (see ``spec.py``):
+
+``VehicleFeatures``  raw fields → vehicle age at posting, make, miles per year, condition score,
+                     posting day, cleaned categoricals (rules: ``cleaning.py``)
+``PriceStats``       cross-fitted target statistics: mean log-price of the training listings that
+                     share a key (same model and year; same model, year and odometer; the exact
+                     same listing…), plus how many there were
+``CategoryCodes``    categoricals → integer codes (unknown or missing → NaN) for the tree models
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.model_selection import KFold
+
+from portfolio.carvision.cleaning import MISSING_CATEGORY
+
+Columns = dict[str, np.ndarray]
+
+CONDITION_SCORE: dict[str, float] = {
+    "salvage": 0.0,
+    "fair": 1.0,
+    "good": 2.0,
+    "excellent": 3.0,
+    "like new": 4.0,
+    "new": 5.0,
+}
+CATEGORICAL = ("fuel", "transmission", "type", "paint_color", "make", "model")
+NUMERIC = (
+    "model_year",
+    "vehicle_age",
+    "odometer",
+    "miles_per_year",
+    "condition_score",
+    "cylinders",
+    "is_4wd",
+    "days_listed",
+    "posted_day",
+)
+DERIVED = (*NUMERIC, *CATEGORICAL)
+_DAY_NS = 86_400 * 10**9
+_DAYS_PER_YEAR = 365.2425
+# Age below this is treated as this (a car posted in its model year still has some use on it).
+MIN_AGE_YEARS = 0.5
+
+# PriceStats keys: name → columns (of VehicleFeatures' output) that must match.
+LISTING_KEY = (
+    "model",
+    "model_year",
+    "condition_score",
+    "cylinders",
+    "fuel",
+    "odometer",
+    "transmission",
+    "type",
+    "paint_color",
+    "is_4wd",
+)
+PRICE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("same_listing", LISTING_KEY),
+    ("same_odometer", ("model", "model_year", "odometer")),
+    ("same_odometer_color", ("model", "model_year", "odometer", "paint_color")),
+    ("model_year", ("model", "model_year")),
+    ("model_year_condition", ("model", "model_year", "condition_score")),
+    ("model", ("model",)),
+)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def frame_to_columns(X: pd.DataFrame) -> Columns:
+    """A typed frame → columns as the fast path passes them (float64+NaN, datetime64, object)."""
+    cols: Columns = {}
+    for name in X.columns:
+        s = X[name]
+        if pd.api.types.is_datetime64_any_dtype(s):
+            cols[str(name)] = s.to_numpy(dtype="datetime64[ns]")
+        elif pd.api.types.is_numeric_dtype(s) and not pd.api.types.is_bool_dtype(s):
+            cols[str(name)] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            cols[str(name)] = s.to_numpy(dtype=object)
+    return cols
+
+
+def columns_to_frame(cols: Columns, index: Any = None) -> pd.DataFrame:
+    return pd.DataFrame(cols, index=index)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and v != v)
+
+
+def _text(values: np.ndarray, missing: str = MISSING_CATEGORY) -> np.ndarray:
+    """Object values → normalised text (lower-case, single spaces), ``missing`` for gaps."""
+    return np.array(
+        [missing if _missing(v) else " ".join(str(v).lower().split()) or missing for v in values],
+        dtype=object,
+    )
+
+
+def _float(values: np.ndarray) -> np.ndarray:
+    if values.dtype == object:
+        return np.array([np.nan if _missing(v) else float(v) for v in values], dtype=np.float64)
+    return values.astype(np.float64, copy=False)
+
+
+def _days(values: np.ndarray) -> np.ndarray:
+    """datetime64 (or date strings already parsed) → days since 1970-01-01 as float, NaN for NaT."""
+    d = np.asarray(values)
+    if d.dtype == object:
+        d = pd.to_datetime(pd.Series(d), errors="coerce").to_numpy(dtype="datetime64[ns]")
+    d = d.astype("datetime64[ns]")
+    out = d.astype(np.int64).astype(np.float64) / _DAY_NS
+    out[np.isnat(d)] = np.nan
+    return out
+
+
+_U64 = np.uint64
+_NAN_BITS = _U64(0x7FF8DEADBEEF0001)  # one fixed bit pattern for every missing number
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: spreads the bits of each 64-bit value (wrapping arithmetic)."""
+    z = (z ^ (z >> _U64(30))) * _U64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> _U64(27))) * _U64(0x94D049BB133111EB)
+    return z ^ (z >> _U64(31))
+
+
+def _stable_hash(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+def _key_part(values: np.ndarray) -> np.ndarray:
+    """One uint64 per value, identical in every process: numbers by their float64 bits (missing
+    → one fixed pattern), text by an unkeyed BLAKE2b of the string (missing → "∅")."""
+    if values.dtype == object:
+        text = np.asarray(["∅" if _missing(v) else str(v) for v in values], dtype=str)
+        uniq, inverse = np.unique(text, return_inverse=True)
+        hashes = np.fromiter((_stable_hash(str(u)) for u in uniq), dtype=_U64, count=len(uniq))
+        return hashes[inverse.reshape(-1)]
+    v = np.ascontiguousarray(values, dtype=np.float64)
+    bits = v.view(_U64).copy()
+    bits[np.isnan(v)] = _NAN_BITS
+    return bits
+
+
+def group_keys(
+    cols: Columns, names: Sequence[str], parts: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """One 64-bit key per row from the given columns (a missing value is a value of its own).
+    ``parts`` caches the per-column hashes when several keys share columns."""
+    parts = {} if parts is None else parts
+    with np.errstate(over="ignore"):
+        key = np.full(len(cols[names[0]]), _U64(0x243F6A8885A308D3), dtype=_U64)
+        for i, name in enumerate(names):
+            if name not in parts:
+                parts[name] = _key_part(cols[name])
+            key = _mix(key ^ _mix(parts[name] + _U64(i)))
+    return key
+
+
+def _lookup(sorted_keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of ``query`` in ``sorted_keys`` and whether each was found."""
+    if len(sorted_keys) == 0:
+        return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
+    pos = np.searchsorted(sorted_keys, query)
+    pos = np.minimum(pos, len(sorted_keys) - 1)
+    return pos, sorted_keys[pos] == query
+
+
+class _ColumnTransformer(TransformerMixin, BaseEstimator):
+    """Base: ``transform`` = DataFrame wrapper around ``transform_columns``."""
+
+    def transform_columns(self, cols: Columns) -> Columns:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        return columns_to_frame(self.transform_columns(frame_to_columns(X)), index=X.index)
+
+
+# ---------------------------------------------------------------------------- VehicleFeatures
+class VehicleFeatures(_ColumnTransformer):
+    """Raw CarVision fields → model features (the derived features of the issue and the cleaning
+    rules of ``cleaning.PIPELINE_RULES``). Learns two values at fit time: the median posting date
+    and the median days listed, used when a request omits them."""
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> VehicleFeatures:
+        cols = frame_to_columns(X)
+        days = _days(cols["date_posted"])
+        listed = _float(cols["days_listed"])
+        self.reference_day_ = float(np.nanmedian(days)) if np.isfinite(days).any() else 17_700.0
+        self.days_listed_fill_ = float(np.nanmedian(listed)) if np.isfinite(listed).any() else 30.0
+        return self
+
+    def transform_columns(self, cols: Columns) -> Columns:
+        posted = _days(cols["date_posted"])
+        posted = np.where(np.isnan(posted), self.reference_day_, posted)
+        posted_year = 1970.0 + posted / _DAYS_PER_YEAR
+        model_year = _float(cols["model_year"])
+        age = np.clip(posted_year - model_year, 0.0, None)
+        odometer = _float(cols["odometer"])
+        cond = _text(cols["condition"])
+        model = _text(cols["model"])
+        listed = _float(cols["days_listed"])
+        is_4wd = _float(cols["is_4wd"])
+        return {
+            "model_year": model_year,
+            "vehicle_age": age,
+            "odometer": odometer,
+            "miles_per_year": odometer / np.maximum(age, MIN_AGE_YEARS),
+            "condition_score": np.array([CONDITION_SCORE.get(c, np.nan) for c in cond], dtype=np.float64),
+            "cylinders": _float(cols["cylinders"]),
+            "is_4wd": np.where(np.isnan(is_4wd), 0.0, is_4wd),
+            "days_listed": np.where(np.isnan(listed), self.days_listed_fill_, listed),
+            "posted_day": posted - self.reference_day_,
+            "fuel": _text(cols["fuel"]),
+            "transmission": _text(cols["transmission"]),
+            "type": _text(cols["type"]),
+            "paint_color": _text(cols["paint_color"]),
+            "make": np.array([m.split(" ", 1)[0] for m in model], dtype=object),
+            "model": model,
+        }
+
+
+# --------------------------------------------------------------------------------- PriceStats
+class PriceStats(_ColumnTransformer):
+    """Adds, per key group, the mean log-price of training listings with the same key and their
+    count (NaN / 0 when none). Used listings are re-posted often (about one hold-out listing in
+    five has an identical twin in the training data), so "what did the same car ask before" and
+    "what do cars of this model and year ask" are strong, honest features.
+
+    Leakage guard: ``fit_transform`` (what a Pipeline calls while training) gives every training
+    row statistics computed on the *other* folds only (cross-fitting, as scikit-learn's
+    ``TargetEncoder`` does); ``transform`` (prediction) uses all training rows."""
+
+    def __init__(
+        self,
+        groups: tuple[tuple[str, tuple[str, ...]], ...] = PRICE_GROUPS,
+        folds: int = 5,
+        random_state: int = 0,
+    ):
+        self.groups = groups
+        self.folds = folds
+        self.random_state = random_state
+
+    @staticmethod
+    def _table(keys: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        counts = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
+        sums = np.bincount(inverse, weights=target, minlength=len(uniq))
+        return uniq, sums / np.maximum(counts, 1.0), counts
+
+    @staticmethod
+    def _apply(
+        table: tuple[np.ndarray, np.ndarray, np.ndarray], keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        uniq, means, counts = table
+        pos, hit = _lookup(uniq, keys)
+        mean = np.where(hit, means[pos] if len(means) else np.nan, np.nan)
+        count = np.where(hit, counts[pos] if len(counts) else 0.0, 0.0)
+        return mean.astype(np.float64), count.astype(np.float64)
+
+    def _target(self, y: Any) -> np.ndarray:
+        return np.log(np.maximum(np.asarray(y, dtype=np.float64), 1.0))
+
+    def fit(self, X: pd.DataFrame, y: Any) -> PriceStats:
+        self._fit_tables(frame_to_columns(X), self._target(y))
+        return self
+
+    def _fit_tables(self, cols: Columns, target: np.ndarray) -> None:
+        self.keys_: dict[str, np.ndarray] = {}
+        self.means_: dict[str, np.ndarray] = {}
+        self.counts_: dict[str, np.ndarray] = {}
+        parts: dict[str, np.ndarray] = {}
+        for name, key_cols in self.groups:
+            uniq, means, counts = self._table(group_keys(cols, key_cols, parts), target)
+            self.keys_[name], self.means_[name], self.counts_[name] = uniq, means, counts
+
+    def fit_transform(self, X: pd.DataFrame, y: Any = None, **fit_params: Any) -> pd.DataFrame:
+        if y is None:
+            raise ValueError("PriceStats needs the target (price) to fit")
+        cols = frame_to_columns(X)
+        target = self._target(y)
+        self._fit_tables(cols, target)
+        out = dict(cols)
+        n = len(target)
+        splitter = KFold(min(self.folds, n), shuffle=True, random_state=self.random_state)
+        parts: dict[str, np.ndarray] = {}
+        for name, key_cols in self.groups:
+            keys = group_keys(cols, key_cols, parts)
+            mean, count = np.full(n, np.nan), np.zeros(n)
+            for tr, va in splitter.split(keys):
+                table = self._table(keys[tr], target[tr])
+                mean[va], count[va] = self._apply(table, keys[va])
+            out[f"{name}_logprice"], out[f"{name}_n"] = mean, count
+        return columns_to_frame(out, index=X.index)
+
+    def transform_columns(self, cols: Columns) -> Columns:
+        out = dict(cols)
+        parts: dict[str, np.ndarray] = {}
+        for name, key_cols in self.groups:
+            table = (self.keys_[name], self.means_[name], self.counts_[name])
+            keys = group_keys(cols, key_cols, parts)
+            out[f"{name}_logprice"], out[f"{name}_n"] = self._apply(table, keys)
+        return out
+
+    def output_names(self) -> list[str]:
+        return [f"{name}_{s}" for name, _ in self.groups for s in ("logprice", "n")]
+
+
+# ------------------------------------------------------------------------------ CategoryCodes
+class CategoryCodes(_ColumnTransformer):
+    """Categorical columns → integer codes in the sorted training categories (float, NaN for a
+    category never seen in training); every other column passes through unchanged."""
+
+    def __init__(self, columns: tuple[str, ...] = CATEGORICAL):
+        self.columns = columns
+
+    def fit(self, X: pd.DataFrame, y: Any = None) -> CategoryCodes:
+        cols = frame_to_columns(X)
+        self.categories_: dict[str, np.ndarray] = {
+            c: np.unique(np.asarray([str(v) for v in cols[c]], dtype=str)) for c in self.columns
+        }
+        return self
+
+    def transform_columns(self, cols: Columns) -> Columns:
+        out = dict(cols)
+        for c in self.columns:
+            values = np.asarray(["" if _missing(v) else str(v) for v in cols[c]], dtype=str)
+            pos, hit = _lookup(self.categories_[c], values)
+            out[c] = np.where(hit, pos.astype(np.float64), np.nan)
+        return out

@@ -1,0 +1,150 @@
+"""CarVision end to end on the real data: training run, model card, CLI contract, real API."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from portfolio.carvision.spec import SPEC
+from portfolio.core import registry
+from tests.carvision.conftest import RECORD, TrainedCarvision, require_carvision_data
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def portfolio(trained: TrainedCarvision, *args: str) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "portfolio"), *args],
+        env={**os.environ, **trained.env()}, cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def test_training_run_quality_candidates_and_interval(carvision_trained: TrainedCarvision) -> None:
+    out = carvision_trained.outcome
+    assert out.alias == "champion" and out.version == "1"
+    # Both candidates were cross-validated; the champion is the best by CV RMSE.
+    assert set(out.candidates) == {"random_forest", "xgboost"}
+    best = min(out.candidates, key=lambda n: out.candidates[n]["cv_rmse"])
+    assert out.best == best == "xgboost"
+    assert out.candidates["xgboost"]["cv_rmse"] < out.candidates["random_forest"]["cv_rmse"] - 200
+    # Quality well above the upstream model (R² 0.77, RMSE $4,396) on the $1k-$100k listings.
+    assert out.cv["r2"]["value"] >= 0.86 and out.cv["rmse"]["value"] <= 3_500
+    assert out.test["r2"]["value"] >= 0.86 and out.test["rmse"]["value"] <= 3_500
+    for split in (out.cv, out.test):
+        assert split["rmse"]["ci_low"] < split["rmse"]["value"] < split["rmse"]["ci_high"]
+    # The 80% split-conformal interval holds its coverage on the hold-out.
+    assert 0.77 <= out.test["coverage"]["value"] <= 0.83
+    # The cleaning rules were applied and counted.
+    cleaning = out.data_report["cleaning"]["excluded_by_rule"]
+    assert cleaning["price_below_1000"] > 1000 and cleaning["price_above_100000"] > 0
+    assert carvision_trained.seconds < 900
+
+
+def test_mlflow_run_has_nested_candidates_importance_and_model_card(
+    carvision_trained: TrainedCarvision,
+) -> None:
+    registry.configure(carvision_trained.settings)
+    client = MlflowClient()
+    run = client.get_run(carvision_trained.outcome.run_id)
+    for key in ("cv_rmse", "cv_rmse_ci_low", "test_rmse_ci_high", "test_r2", "test_coverage"):
+        assert key in run.data.metrics
+    children = client.search_runs(
+        [run.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.info.run_id}'"
+    )
+    assert {c.info.run_name for c in children} == {"random_forest", "xgboost"}
+    import mlflow
+
+    importance = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/feature_importance.json")
+    assert set(importance) == set(SPEC.feature_names)
+    assert max(importance, key=importance.get) in {"model_year", "model", "odometer", "type"}
+    card = (carvision_trained.settings.resolved_models_dir / "carvision" / "model_card.md").read_text()
+    assert "| random_forest |" in card and "| xgboost |" in card
+    assert "price_below_1000" in card and "coverage" in card
+
+
+def test_cli_predict_contract(carvision_trained: TrainedCarvision, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    raw = pd.read_csv(require_carvision_data(), dtype=str, keep_default_na=False).head(200)
+    raw.loc[3, "condition"] = "mint"
+    raw.loc[8, "odometer"] = "lots"
+    raw.loc[12, "date_posted"] = "2018-13-45"
+    raw.loc[20, "model_year"] = ""  # missing inputs are handled by the pipeline, not errors
+    raw.loc[21, "paint_color"] = ""
+    src = tmp_path / "in.csv"
+    raw.to_csv(src, index=False)  # the price column rides along and is ignored
+    dst = tmp_path / "out.csv"
+    r = portfolio(carvision_trained, "predict", "carvision", str(src), "--output", str(dst))
+    assert r.returncode == 0, r.stderr
+    assert "3 failed validation" in r.stdout
+    out = pd.read_csv(dst, keep_default_na=False)
+    assert list(out.columns) == ["price", "price_low", "price_high", "error"]
+    assert len(out) == 200  # one row per input row, same order
+    assert "condition" in out.loc[3, "error"] and "odometer: not a number" in out.loc[8, "error"]
+    assert "date_posted: not a date" in out.loc[12, "error"]
+    assert out.loc[[3, 8, 12], "price"].eq("").all()
+    good = out[out["error"] == ""]
+    assert len(good) == 197
+    price, low, high = (good[c].astype(float) for c in ("price", "price_low", "price_high"))
+    assert ((low < price) & (price < high)).all() and (price > 0).all()
+    # Same order: the scored rows line up with the model's own predictions for those rows.
+    from portfolio.core.inference import Predictor
+    from portfolio.core.schema import validate_frame
+
+    pred = Predictor(SPEC, registry.load_champion(SPEC, carvision_trained.settings))
+    typed = validate_frame(raw, SPEC.fields)
+    expected = pred.predict_frame(typed.frame[typed.valid_mask])["price"].to_numpy()
+    assert np.allclose(price.to_numpy(), expected, rtol=1e-6)
+
+
+def test_cli_evaluate_on_a_labeled_file(carvision_trained: TrainedCarvision, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    sample = tmp_path / "labeled.csv"
+    pd.read_csv(require_carvision_data(), dtype=str, keep_default_na=False).sample(
+        1500, random_state=7
+    ).to_csv(sample, index=False)
+    r = portfolio(carvision_trained, "evaluate", "carvision", str(sample))
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    # The cleaning rules apply to labeled files too: placeholder prices are not scored.
+    assert body["rows_evaluated"] < 1500
+    for key in ("rmse", "mae", "r2", "coverage"):
+        m = body["metrics"][key]
+        assert m["ci_low"] <= m["value"] <= m["ci_high"]
+
+
+def test_real_api_predict_returns_price_interval_and_version(carvision_api: str) -> None:
+    r = httpx.post(f"{carvision_api}/predict", json=RECORD, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"price", "price_low", "price_high", "model_version"}
+    assert body["price_low"] < body["price"] < body["price_high"] and body["model_version"] == "1"
+    # Optional fields: a posting date and days listed may be given (M/D/YYYY) or left out.
+    dated = httpx.post(
+        f"{carvision_api}/predict", json=RECORD | {"date_posted": "6/23/2018", "days_listed": 19}, timeout=30
+    )
+    assert dated.status_code == 200 and dated.json()["price"] > 0
+    # Bad input: 422 naming the field and the reason, never a 500.
+    for bad, field in (
+        ({"condition": "mint"}, "condition"),
+        ({"date_posted": "2018-06-23"}, "date_posted"),
+        ({"odometer": -5}, "odometer"),
+        ({"price": 5000}, "price"),
+    ):
+        r = httpx.post(f"{carvision_api}/predict", json=RECORD | bad, timeout=30)
+        assert r.status_code == 422, (bad, r.text)
+        assert r.json()["detail"][0]["field"] == field
+    missing = {k: v for k, v in RECORD.items() if k != "model"}
+    r = httpx.post(f"{carvision_api}/predict", json=missing, timeout=30)
+    assert r.status_code == 422 and r.json()["detail"][0]["field"] == "model"
+    batch = httpx.post(f"{carvision_api}/predict/batch", json={"records": [RECORD] * 5}, timeout=30).json()
+    assert batch["count"] == 5
+    assert np.allclose([p["price"] for p in batch["predictions"]], body["price"])
+    info = httpx.get(f"{carvision_api}/model", timeout=30).json()
+    assert info["name"] == "carvision" and info["outputs"] == ["price", "price_low", "price_high"]
