@@ -4,6 +4,7 @@ deployment files read (Settings, `mlflow server`, the nginx template, the Promet
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,6 +33,7 @@ from tests.deploy.infra import (
     template_variables,
     venv_bin,
 )
+from tests.helpers import ROOT
 
 RAW = load_yaml(COMPOSE)
 DEFAULT = interpolate(RAW, {})
@@ -212,3 +214,25 @@ def test_no_secret_values_in_the_repository() -> None:
                 assert value.startswith("${") and value.endswith("}"), f"{name}.{key} has a literal value"
     for key in read_env_file(PRODUCTION_ENV):
         assert not SECRET_NAME.search(key), f"production.env sets {key}"
+
+
+def test_prometheus_config_loads_the_alert_rules(tmp_path: Path) -> None:
+    """promtool validates the scrape config together with the rule file it names."""
+    import shutil
+    import subprocess
+
+    from tests.helpers import ensure_apt
+
+    promtool = ensure_apt("promtool", "prometheus")
+    prom = ROOT / "deploy" / "prometheus"
+    shutil.copy(prom / "alerts.yml", tmp_path / "alerts.yml")
+    text = (prom / "prometheus.yml").read_text()
+    assert "/etc/prometheus/alerts.yml" in text
+    (tmp_path / "prometheus.yml").write_text(
+        text.replace("/etc/prometheus/alerts.yml", str(tmp_path / "alerts.yml"))
+    )
+    out = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "rules found" in out.stdout + out.stderr
