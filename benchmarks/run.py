@@ -38,6 +38,8 @@ from portfolio.services import SERVICES
 ROOT = Path(__file__).resolve().parents[1]
 WRK_SECONDS = int(os.environ.get("BENCH_WRK_SECONDS", "20"))
 CLI_ROWS = int(os.environ.get("BENCH_CLI_ROWS", "1000000"))
+# Which services to benchmark (default: all registered).
+NAMES = [n for n in os.environ.get("BENCH_SERVICES", ",".join(SERVICES)).split(",") if n]
 
 
 def ensure_wrk() -> str:
@@ -55,7 +57,7 @@ def ensure_champions(settings: Settings) -> None:
     from portfolio.core.training import train_service
 
     registry.configure(settings)
-    for spec in SERVICES.values():
+    for spec in (SERVICES[n] for n in NAMES):
         if registry.champion_version(spec.name) is None:
             print(f"{spec.name}: no champion: training first …", flush=True)
             train_service(spec, settings)
@@ -218,7 +220,7 @@ def main() -> None:
 
     # First, before any server child exists, so the children's peak RSS is the predict run's.
     cli = cli_throughput(settings)
-    for name, spec in SERVICES.items():
+    for name, spec in ((n, SERVICES[n]) for n in NAMES):
         records = sample_records(spec, settings, 1000)
         ip = in_process(spec, settings, records)
         add(
