@@ -401,7 +401,9 @@ def dashboard(
     argv = streamlit_argv(host or settings.host, port or settings.dashboard_port)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(argv[0], argv)  # become Streamlit: signals and exit codes are its own
+    # Become Streamlit (exec, no shell, fixed argument list): signals such as a container's SIGTERM
+    # reach the server itself, and its exit code is ours.
+    os.execvp(argv[0], argv)  # nosec B606
 
 
 @app.command()
@@ -419,8 +421,6 @@ def up(
 
 
 def main() -> None:
-    # Ctrl-C in a child process should not print a traceback.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     logging.captureWarnings(True)
     app()
 

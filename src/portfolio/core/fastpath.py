@@ -108,15 +108,24 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
                 raise NotCompilable("OneHotEncoder with infrequent categories")
             widths = [len(c) for c in step.categories_]
 
-            def onehot(m: Matrix, cats: Any = step.categories_, widths: Any = widths) -> Matrix:
-                # Vectorised lookup: category codes (-1 for unseen/missing) → column offsets.
+            lookups = [{c: i for i, c in enumerate(cats)} for cats in step.categories_]
+
+            def onehot(
+                m: Matrix, cats: Any = step.categories_, lookups: Any = lookups, widths: Any = widths
+            ) -> Matrix:
                 out = np.zeros((m.shape[0], sum(widths)), dtype=np.float64)
-                rows = np.arange(m.shape[0])
                 offset = 0
-                for j, (categories, width) in enumerate(zip(cats, widths, strict=True)):
-                    codes = pd.Categorical(m[:, j], categories=categories).codes
-                    hit = codes >= 0
-                    out[rows[hit], offset + codes[hit]] = 1.0
+                for j, (categories, lookup, width) in enumerate(zip(cats, lookups, widths, strict=True)):
+                    if m.shape[0] <= 64:
+                        # Small requests: a dict lookup per value beats building a Categorical.
+                        for i, value in enumerate(m[:, j]):
+                            k = lookup.get(value)
+                            if k is not None:
+                                out[i, offset + k] = 1.0
+                    else:
+                        codes = pd.Categorical(m[:, j], categories=categories).codes
+                        hit = codes >= 0
+                        out[np.nonzero(hit)[0], offset + codes[hit]] = 1.0
                     offset += width
                 return out
 
