@@ -148,7 +148,12 @@ def serve_mlflow(name: str, settings: Settings) -> tuple[subprocess.Popen[bytes]
     proc = start(
         [bin_path("mlflow"), "models", "serve", "-m", f"models:/{name}@champion",
          "--env-manager", "local", "-p", str(port), "-h", "127.0.0.1", "-w", "1"],
-        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true"},
+        env={
+            "MLFLOW_TRACKING_URI": settings.tracking_uri,
+            "MLFLOW_ALLOW_PICKLE_DESERIALIZATION": "true",
+            # mlflow execs `uvicorn` from PATH: make it this environment's.
+            "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}",
+        },
         log_file=settings.resolved_state_dir / f"bench-mlflow-{name}.log",
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
