@@ -156,9 +156,7 @@ def _key_part(values: np.ndarray) -> np.ndarray:
     return bits
 
 
-def group_keys(
-    cols: Columns, names: Sequence[str], parts: dict[str, np.ndarray] | None = None
-) -> np.ndarray:
+def group_keys(cols: Columns, names: Sequence[str], parts: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """One 64-bit key per row from the given columns (a missing value is a value of its own).
     ``parts`` caches the per-column hashes when several keys share columns."""
     parts = {} if parts is None else parts
