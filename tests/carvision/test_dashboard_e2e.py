@@ -1,54 +1,54 @@
 """End to end: the real `portfolio dashboard` (Streamlit server) talking to the real CarVision API,
-loaded in headless Chromium. Saves a screenshot under test-output/."""
+loaded in headless Chromium (Debian package, installed when missing). Every section is opened and
+saved as a screenshot under test-output/."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
+from tests.carvision.cdp import Chromium
 from tests.carvision.conftest import TrainedCarvision
 from tests.helpers import ROOT, ensure_apt
 
 pytestmark = pytest.mark.integration
 
-SECTIONS = ("Overview", "Market Analysis", "Model Metrics", "Price Predictor")
-# Text that each section renders only once its data (and, for the model sections, the model) loaded.
-RENDERED = (
-    "Listings (after cleaning)",  # Overview KPIs
-    "listings match the filters",  # Market Analysis
-    "Hold-out coverage of the 80% interval",  # Model Metrics (hold-out scored by the champion)
-    "Predict price",  # Price Predictor form
-)
+# Section → text it renders only once its data (and, for the model sections, the model) loaded.
+SECTIONS = {
+    "Overview": "Listings (after cleaning)",
+    "Market Analysis": "listings match the filters",
+    "Model Metrics": "Hold-out coverage of the 80% interval",
+    "Price Predictor": "Predict price",
+}
 OUTPUT = ROOT / "test-output"
+VISIBLE_TEXT = "document.body ? document.body.innerText : ''"
 
 
-def chromium(binary: str, url: str, *args: str, timeout: float = 180) -> str:
-    profile = tempfile.mkdtemp(prefix="carvision-chromium-")
-    try:
-        r = subprocess.run(
-            [
-                binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1400,2400",
-                *args, url,
-            ],
-            capture_output=True, text=True, timeout=timeout,
-        )  # fmt: skip
-        return r.stdout
-    finally:
-        shutil.rmtree(profile, ignore_errors=True)
+def open_tab(browser: Chromium, label: str, expect: str, timeout: float = 60) -> str:
+    """Click a section's tab and wait until its content is visible; returns the visible text."""
+    clicked = browser.evaluate(
+        "(() => { const t = [...document.querySelectorAll('[role=tab]')]"
+        f".find(b => b.innerText.trim() === {label!r}); if (t) t.click(); return !!t; }})()"
+    )
+    assert clicked, f"no tab {label!r}"
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = str(browser.evaluate(VISIBLE_TEXT) or "")
+        if expect in text:
+            time.sleep(1.5)  # let the Plotly charts of the section draw before the screenshot
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"{label}: {expect!r} not visible after clicking the tab:\n{text[-2000:]}")
 
 
 def test_dashboard_renders_all_sections_in_chromium(
     carvision_trained: TrainedCarvision, carvision_api: str, tmp_path: Path
 ) -> None:
-    browser = ensure_apt("chromium", "chromium")
+    binary = ensure_apt("chromium", "chromium")
     port = free_port()
     log = tmp_path / "dashboard.log"
     proc = start(
@@ -58,31 +58,31 @@ def test_dashboard_renders_all_sections_in_chromium(
         cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
+    browser: Chromium | None = None
     try:
         wait_http(f"{url}/_stcore/health", timeout=120, proc=proc)
-        # The first session fills the server's caches (listings, model, hold-out scores); retry
-        # until every section has rendered its content or the deadline passes.
-        deadline = time.monotonic() + 420
-        dom = ""
-        while time.monotonic() < deadline:
-            dom = chromium(browser, url, "--virtual-time-budget=30000", "--dump-dom")
-            if all(text in dom for text in RENDERED):
-                break
-            time.sleep(2)
-        missing = [t for t in RENDERED if t not in dom]
-        assert not missing, f"not rendered: {missing}\n{log.read_text()[-3000:]}"
-        for section in SECTIONS:
-            assert section in dom
-        assert "Traceback" not in dom and 'data-testid="stException"' not in dom
-        assert "No CarVision model is trained yet" not in dom
+        browser = Chromium(binary)
+        browser.goto(url)
+        # All four sections render in one page (hidden tab panels are in the DOM too); the first
+        # session also fills the server's caches (listings, model, hold-out scores).
+        html = browser.wait_for(tuple(SECTIONS.values()), timeout=420)
+        missing = [s for s, text in SECTIONS.items() if text not in html]
+        assert not missing, f"sections not rendered: {missing}\n{log.read_text()[-3000:]}"
+        assert 'data-testid="stException"' not in html and "Traceback" not in html
+        assert "No CarVision model is trained yet" not in html
         # The predictor goes over HTTP, to the API started for this test.
-        assert "Predictions come from the CarVision API at" in dom and carvision_api in dom
+        assert "Predictions come from the CarVision API at" in html and carvision_api in html
         OUTPUT.mkdir(exist_ok=True)
-        shot = OUTPUT / "carvision-dashboard.png"
-        shot.unlink(missing_ok=True)
-        chromium(browser, url, "--virtual-time-budget=30000", f"--screenshot={shot}")
-        assert shot.exists() and shot.stat().st_size > 20_000
+        for label, expect in SECTIONS.items():
+            text = open_tab(browser, label, expect)
+            assert "Traceback" not in text
+            shot = OUTPUT / f"carvision-dashboard-{label.lower().replace(' ', '-')}.png"
+            browser.screenshot(shot)
+            assert shot.stat().st_size > 30_000, f"{shot} looks blank"
+        assert browser.evaluate("document.querySelectorAll('[data-testid=\"stException\"]').length") == 0
         assert proc.poll() is None, "the dashboard exited"
     finally:
+        if browser is not None:
+            browser.close()
         stop(proc)
     assert "Traceback" not in log.read_text()

@@ -70,7 +70,7 @@ def overview(m: D.Market) -> None:
     left, right = st.columns(2)
     with left:
         st.caption("Missing values in the raw file, and how the model pipeline handles them")
-        st.dataframe(m.quality, hide_index=True, width="stretch")
+        st.dataframe(m.quality, hide_index=True, width="stretch", height="content")
     with right:
         st.caption("Rows excluded from training, by rule (rules: `carvision/cleaning.py`)")
         st.dataframe(m.exclusions, hide_index=True, width="stretch")
