@@ -166,3 +166,21 @@ def test_clear_messages_when_no_model_is_trained(
         metrics(at.tabs[0])["Listings (after cleaning)"]
         == f"{carvision_trained.outcome.data_report['rows_used']:,}"
     )
+
+
+def test_without_the_listings_file_the_model_sections_still_work(
+    app_env: TrainedCarvision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container has the registry but no data: Overview/Market say so, the model sections work."""
+    monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("PORTFOLIO_DVC_PULL", "false")
+    at = run_app()
+    for tab in at.tabs[:2]:
+        assert any("Listings data unavailable" in w.value for w in tab.warning)
+    assert metrics(at.tabs[2])["Hold-out RMSE ($)"] == f"${app_env.outcome.test['rmse']['value']:,.0f}"
+    at.tabs[3].text_input[0].set_value("toyota camry")
+    at.tabs[3].button[0].click()
+    at.run()
+    assert not at.exception
+    assert metrics(at.tabs[3])["Predicted price"].startswith("$")
+    assert at.session_state["last_prediction"]["model_version"] == "1"

@@ -76,6 +76,14 @@ def test_dashboard_renders_all_sections_in_chromium(
         for label, expect in SECTIONS.items():
             text = open_tab(browser, label, expect)
             assert "Traceback" not in text
+            if label == "Price Predictor":
+                # Submit the form: the dashboard asks the API over HTTP and shows price + interval.
+                assert browser.evaluate(
+                    "(() => { const b = [...document.querySelectorAll('button')]"
+                    ".find(b => b.innerText.trim() === 'Predict price'); if (b) b.click(); return !!b; })()"
+                )
+                text = open_tab(browser, label, "Comparable listings")
+                assert "Predicted price" in text and "80% interval" in text and "v1" in text
             shot = OUTPUT / f"carvision-dashboard-{label.lower().replace(' ', '-')}.png"
             browser.screenshot(shot)
             assert shot.stat().st_size > 30_000, f"{shot} looks blank"

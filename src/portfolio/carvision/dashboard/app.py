@@ -57,8 +57,11 @@ def money(x: float) -> str:
 
 
 # ---------------------------------------------------------------------------------- sections
-def overview(m: D.Market) -> None:
+def overview(m: D.Market | None, data_error: str) -> None:
     st.header("Overview")
+    if m is None:
+        st.warning(data_error)
+        return
     df = m.listings
     c1, c2, c3, c4 = st.columns(4)
     c1.metric("Listings (after cleaning)", f"{len(df):,}", help=f"{m.rows_in_file:,} rows in {m.file}")
@@ -78,8 +81,11 @@ def overview(m: D.Market) -> None:
         st.caption(f"{m.rows_in_file:,} rows in the file → {kept:,} used ({kept / m.rows_in_file:.1%}).")
 
 
-def market_analysis(m: D.Market) -> None:
+def market_analysis(m: D.Market | None, data_error: str) -> None:
     st.header("Market Analysis")
+    if m is None:
+        st.warning(data_error)
+        return
     df = m.listings
     ymin, ymax = int(df["model_year"].min()), int(df["model_year"].max())
     pmin, pmax = float(df["price"].min()), float(df["price"].max())
@@ -175,7 +181,7 @@ def market_analysis(m: D.Market) -> None:
     )
 
 
-def model_metrics(c: D.Champion | None, m: D.Market, path: Path, mtime: float, settings: Settings) -> None:
+def model_metrics(c: D.Champion | None, path: Path | None, mtime: float, settings: Settings) -> None:
     st.header("Model Metrics")
     if c is None:
         st.info(NO_MODEL)
@@ -223,11 +229,14 @@ def model_metrics(c: D.Champion | None, m: D.Market, path: Path, mtime: float, s
         show = [k for k in ("candidate", "cv_rmse", "cv_mae", "cv_r2", "cv_coverage") if k in cand]
         b.dataframe(cand[show].round(4), hide_index=True, width="stretch")
 
-    try:
-        ho = holdout(settings.tracking_uri, c.version, str(path), mtime)
-    except Exception as exc:  # the metrics above come from MLflow and stay useful
-        st.warning(f"Hold-out predictions unavailable: {exc}")
-        ho = None
+    ho = None
+    if path is None:
+        st.info("Hold-out plots need the listings data (see Overview); the metrics above come from MLflow.")
+    else:
+        try:
+            ho = holdout(settings.tracking_uri, c.version, str(path), mtime)
+        except Exception as exc:  # the metrics above come from MLflow and stay useful
+            st.warning(f"Hold-out predictions unavailable: {exc}")
     if ho is not None:
         st.subheader("Hold-out predictions")
         sample = ho.sample(min(len(ho), 4000), random_state=0)
@@ -266,7 +275,7 @@ def model_metrics(c: D.Champion | None, m: D.Market, path: Path, mtime: float, s
         st.info("This run has no feature_importance.json artifact.")
 
 
-def price_predictor(c: D.Champion | None, m: D.Market, settings: Settings) -> None:
+def price_predictor(c: D.Champion | None, m: D.Market | None, settings: Settings) -> None:
     st.header("Price Predictor")
     api = settings.carvision_api_url
     st.caption(
@@ -277,13 +286,15 @@ def price_predictor(c: D.Champion | None, m: D.Market, settings: Settings) -> No
     if c is None and not api:
         st.info(NO_MODEL)
         return
-    df = m.listings
-    models = sorted(df["model"].unique())
+    models = sorted(m.listings["model"].unique()) if m is not None else []
     with st.form("predict"):
         a, b, col3 = st.columns(3)
-        model = a.selectbox(
-            "Model", models, index=models.index("ford f-150") if "ford f-150" in models else 0
-        )
+        if models:
+            model = a.selectbox(
+                "Model", models, index=models.index("ford f-150") if "ford f-150" in models else 0
+            )
+        else:
+            model = a.text_input("Model (make and model)", value="ford f-150")
         year = b.number_input("Model year", min_value=1900, max_value=2030, value=2013, step=1)
         condition = col3.selectbox("Condition", CONDITIONS, index=CONDITIONS.index("excellent"))
         a, b, col3 = st.columns(3)
@@ -328,7 +339,10 @@ def price_predictor(c: D.Champion | None, m: D.Market, settings: Settings) -> No
     col3.metric("Model version", f"v{out.get('model_version', '?')}")
     st.session_state["last_prediction"] = out
     st.subheader("Comparable listings")
-    comp = D.comparables(df, record)
+    if m is None:
+        st.info("Comparable listings need the listings data (see Overview).")
+        return
+    comp = D.comparables(m.listings, record)
     if comp.empty:
         st.info("No comparable listings in the data.")
     else:
@@ -343,13 +357,16 @@ def main() -> None:
     st.set_page_config(page_title="CarVision Market Intelligence", page_icon="🚗", layout="wide")
     st.title("CarVision Market Intelligence")
     settings = get_settings()
+    # Without the listings file (e.g. a container with no data) the model sections still work.
+    path: Path | None = None
+    m: D.Market | None = None
+    mtime, data_error = 0.0, ""
     try:
         path = D.data_file(settings)
+        mtime = path.stat().st_mtime
+        m = market(str(path), mtime, str(settings.home))
     except Exception as exc:
-        st.error(f"Listings data unavailable: {exc}")
-        return
-    mtime = path.stat().st_mtime
-    m = market(str(path), mtime, str(settings.home))
+        path, data_error = None, f"Listings data unavailable: {exc}"
     try:
         c = champion(settings.tracking_uri)
     except Exception as exc:
@@ -357,11 +374,11 @@ def main() -> None:
         c = None
     tabs = st.tabs(list(SECTIONS))
     with tabs[0]:
-        overview(m)
+        overview(m, data_error)
     with tabs[1]:
-        market_analysis(m)
+        market_analysis(m, data_error)
     with tabs[2]:
-        model_metrics(c, m, path, mtime, settings)
+        model_metrics(c, path, mtime, settings)
     with tabs[3]:
         price_predictor(c, m, settings)
 

@@ -289,4 +289,6 @@ def comparables(listings: pd.DataFrame, record: dict[str, Any], n: int = 10) -> 
     if record.get("condition"):
         dist += (pool["condition"] != record["condition"]).astype(float) * 0.5
     cols = ["price", "model_year", "model", "condition", "odometer", "type", "paint_color", "date_posted"]
-    return pool.assign(_d=dist).sort_values(["_d", "price"]).head(n)[cols].reset_index(drop=True)
+    out = pool.assign(_d=dist).sort_values(["_d", "price"]).head(n)[cols].reset_index(drop=True)
+    out["date_posted"] = out["date_posted"].dt.strftime("%Y-%m-%d")
+    return out
