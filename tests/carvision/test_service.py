@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from portfolio.carvision.spec import SPEC
 from portfolio.core import registry
 from tests.carvision.conftest import RECORD, TrainedCarvision, require_carvision_data
+from tests.core.parity import assert_fast_path_parity
 from tests.helpers import ROOT
 
 pytestmark = pytest.mark.integration
@@ -148,3 +149,8 @@ def test_real_api_predict_returns_price_interval_and_version(carvision_api: str)
     assert np.allclose([p["price"] for p in batch["predictions"]], body["price"])
     info = httpx.get(f"{carvision_api}/model", timeout=30).json()
     assert info["name"] == "carvision" and info["outputs"] == ["price", "price_low", "price_high"]
+
+
+def test_fast_path_equals_the_registered_model(carvision_trained: TrainedCarvision) -> None:
+    """Issue 5: the compiled path prices 1,000 real listings within $0.01 of the MLflow model."""
+    assert_fast_path_parity(SPEC, carvision_trained.settings, require_carvision_data().parent)

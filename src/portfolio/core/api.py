@@ -8,10 +8,11 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
@@ -25,7 +26,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic import Field as PydField
 
 from portfolio.core import registry
@@ -134,9 +135,10 @@ class Metrics:
         )
 
 
-def _error_items(exc: RequestValidationError) -> list[dict[str, Any]]:
+def _error_items(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Pydantic errors → [{"field": "records.3.Age", "reason": "…"}] (our 422 body)."""
     items = []
-    for err in exc.errors():
+    for err in errors:
         loc = [str(p) for p in err.get("loc", ()) if p != "body"]
         reason = str(err.get("msg", "invalid"))
         if err.get("type") == "extra_forbidden":
@@ -144,8 +146,62 @@ def _error_items(exc: RequestValidationError) -> list[dict[str, Any]]:
         elif err.get("type") == "json_invalid":
             reason = "malformed JSON: " + str((err.get("ctx") or {}).get("error", ""))
             loc = []
+        elif err.get("type") == "model_type" and not loc:
+            reason = "the body must be a JSON object"
         items.append({"field": ".".join(loc) or "body", "reason": reason})
     return items
+
+
+class ErrorItem(BaseModel):
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """Every error response: which field (``body`` for the whole request) and why."""
+
+    detail: list[ErrorItem]
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for an endpoint that parses its JSON body itself (the schema is added to the
+    components by ``_document_bodies``)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
+PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Predictions with the model version"},
+    401: {"model": ErrorBody, "description": "missing or invalid API key (when keys are configured)"},
+    413: {"model": ErrorBody, "description": "request body larger than PORTFOLIO_MAX_BODY_BYTES"},
+    422: {"model": ErrorBody, "description": "invalid input: the field and the reason"},
+    503: {"model": ErrorBody, "description": "no model loaded yet"},
+}
+
+
+def _document_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
+    """Add request models (and their nested definitions) to the generated OpenAPI components."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(js.pop("$defs", {}))
+                components[model.__name__] = js
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _json(body: Any, status: int = 200) -> Response:
+    # orjson: 5-10x faster than json.dumps and native on numpy scalars; NaN/Infinity → null.
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json"
+    )
 
 
 def create_app(
@@ -190,7 +246,7 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _error_items(exc)}, status_code=422)
+        return JSONResponse({"detail": _error_items(exc.errors())}, status_code=422)
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
@@ -295,18 +351,38 @@ def create_app(
         p = holder.predictor
         return {"reloaded": changed, "model_version": p.version if p else None}
 
-    @app.post("/predict", tags=["predict"], dependencies=[Depends(require_key)])
-    async def predict(record: Record) -> dict[str, Any]:  # type: ignore[valid-type]
-        """Score one record."""
-        p = require_model()
-        return respond(p, [record.model_dump()])[0]  # type: ignore[attr-defined]
+    # The two prediction endpoints are the hot path: they read the body and validate it with the
+    # request model's compiled pydantic-core validator themselves, check the key inline and write
+    # JSON with orjson, instead of FastAPI's dependency/body/response machinery (about half of a
+    # request's time in a profile). The OpenAPI documents the same models (see ``_body_schema``).
+    record_validator = Record.__pydantic_validator__
+    batch_validator = Batch.__pydantic_validator__
 
-    @app.post("/predict/batch", tags=["predict"], dependencies=[Depends(require_key)])
-    async def predict_batch(batch: Batch) -> dict[str, Any]:  # type: ignore[valid-type]
-        """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
+    async def parse(request: Request, validator: Any) -> Any:
+        body = await request.body()
+        try:
+            return validator.validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False)) from None
+
+    @app.post("/predict", tags=["predict"], openapi_extra=_body_schema(Record), responses=PREDICT_RESPONSES)
+    async def predict(request: Request) -> Response:
+        """Score one record."""
+        require_key(request)
+        record = await parse(request, record_validator)
         p = require_model()
-        rows = [r.model_dump() for r in batch.records]  # type: ignore[attr-defined]
-        return {"predictions": respond(p, rows), "model_version": p.version, "count": len(rows)}
+        return _json(respond(p, [record.__dict__])[0])
+
+    @app.post(
+        "/predict/batch", tags=["predict"], openapi_extra=_body_schema(Batch), responses=PREDICT_RESPONSES
+    )
+    async def predict_batch(request: Request) -> Response:
+        """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
+        require_key(request)
+        batch = await parse(request, batch_validator)
+        p = require_model()
+        rows = [r.__dict__ for r in batch.records]
+        return _json({"predictions": respond(p, rows), "model_version": p.version, "count": len(rows)})
 
     @app.post("/explain", tags=["predict"], dependencies=[Depends(require_key)])
     async def explain(record: Record) -> Any:  # type: ignore[valid-type]
@@ -332,6 +408,7 @@ def create_app(
         await run_in_threadpool(monitor.evaluate)  # drift statistics off the event loop (cached)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    _document_bodies(app, [Record, Batch])
     app.add_middleware(
         RequestContextMiddleware, service=spec.name, metrics=metrics, max_body=settings.max_body_bytes
     )

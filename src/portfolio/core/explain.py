@@ -76,6 +76,50 @@ def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
     return np.asarray(np.log(p / (1 - p)))
 
 
+Columns = dict[str, np.ndarray]
+
+
+def _fill(values: np.ndarray, value: Any, m: int) -> np.ndarray:
+    """``m`` copies of ``value`` in the dtype of ``values`` (NaN for a missing number)."""
+    if value is None and values.dtype.kind == "f":
+        value = np.nan
+    return np.full(m, value, dtype=values.dtype)
+
+
+def reference_contributions_columns(
+    score: Callable[[Columns], Any],
+    cols: Columns,
+    reference: Mapping[str, Any],
+    *,
+    base_score: np.ndarray | None = None,
+    columns: Sequence[str] | None = None,
+    block_rows: int = 2000,
+) -> np.ndarray:
+    """Columnar core of ``reference_contributions`` (rows x ``columns`` log-odds matrix): ``cols``
+    maps each input column to a numpy array, and ``score`` takes such columns. Every
+    single-column substitution of a block of rows is stacked into one set of columns, so the model
+    is called once per block. Serving uses this directly (no DataFrame on the hot path)."""
+    names = list(columns or cols)
+    n = len(next(iter(cols.values())))
+    base = logit(np.asarray(score(cols) if base_score is None else base_score, dtype=float))
+    out = np.zeros((n, len(names)))
+    k = len(names)
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        m = stop - start
+        variants: Columns = {}
+        for c, values in cols.items():
+            block = values[start:stop]
+            stacked = np.tile(block, k)
+            if c in names:  # in the variant where c is substituted, c takes the reference value
+                j = names.index(c)
+                stacked[j * m : (j + 1) * m] = _fill(block, reference[c], m)
+            variants[c] = stacked
+        p = np.asarray(score(variants), dtype=float).reshape(k, m).T
+        out[start:stop] = base[start:stop, None] - logit(p)
+    return out
+
+
 def reference_contributions(
     score: Callable[[pd.DataFrame], Any],
     X: pd.DataFrame,
@@ -87,21 +131,18 @@ def reference_contributions(
 ) -> pd.DataFrame:
     """Log-odds contribution of each column for each row (rows x columns, same order as ``X``).
 
-    ``score`` maps a frame like ``X`` to P(class 1) per row (1-D). For a block of rows, every
-    single-column substitution is stacked into one frame so the model is called once per block,
-    not once per row or per column."""
-    cols = list(columns or X.columns)
-    n = len(X)
-    base = logit(np.asarray(score(X) if base_score is None else base_score, dtype=float))
-    out = np.zeros((n, len(cols)))
-    for start in range(0, n, block_rows):
-        block = X.iloc[start : start + block_rows].reset_index(drop=True)
-        m = len(block)
-        variants = pd.concat([block.assign(**{c: reference[c]}) for c in cols], ignore_index=True)
-        variants = variants.astype(X.dtypes.to_dict())
-        p = np.asarray(score(variants), dtype=float).reshape(len(cols), m).T
-        out[start : start + m] = base[start : start + m, None] - logit(p)
-    return pd.DataFrame(out, columns=cols, index=X.index)
+    ``score`` maps a frame like ``X`` to P(class 1) per row (1-D)."""
+    names = [str(c) for c in (columns or X.columns)]
+    dtypes = X.dtypes.to_dict()
+    cols = {str(c): X[c].to_numpy(dtype=object) for c in X.columns}
+
+    def score_columns(c: Columns) -> Any:
+        return score(pd.DataFrame(c, columns=list(X.columns)).astype(dtypes))
+
+    values = reference_contributions_columns(
+        score_columns, cols, reference, base_score=base_score, columns=names, block_rows=block_rows
+    )
+    return pd.DataFrame(values, columns=names, index=X.index)
 
 
 def _format_value(value: Any) -> str:
@@ -112,14 +153,12 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def top_factors(contributions: pd.DataFrame, X: pd.DataFrame, k: int = 3, min_abs: float = 1e-6) -> list[str]:
-    """Per row: the ``k`` features with the largest absolute contribution, as readable text
-    ``"Contract=Month-to-month (+0.93); tenure=2 (+0.61); …"`` (sign: raises/lowers the score).
-    A feature equal to its reference value contributes nothing and is never listed."""
-    values = contributions.to_numpy()
-    cols = list(contributions.columns)
+def top_factors_columns(
+    contributions: np.ndarray, names: Sequence[str], cols: Columns, k: int = 3, min_abs: float = 1e-6
+) -> list[str]:
+    """Columnar core of ``top_factors``: ``contributions`` is rows x ``names``."""
+    values = np.asarray(contributions)
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
-    raw = {c: X[c].to_numpy(dtype=object) for c in cols}
     texts: list[str] = []
     for i, idx in enumerate(order):
         parts = []
@@ -127,9 +166,18 @@ def top_factors(contributions: pd.DataFrame, X: pd.DataFrame, k: int = 3, min_ab
             c = values[i, j]
             if abs(c) < min_abs:
                 continue
-            parts.append(f"{cols[j]}={_format_value(raw[cols[j]][i])} ({c:+.2f})")
+            parts.append(f"{names[j]}={_format_value(cols[names[j]][i])} ({c:+.2f})")
         texts.append("; ".join(parts))
     return texts
+
+
+def top_factors(contributions: pd.DataFrame, X: pd.DataFrame, k: int = 3, min_abs: float = 1e-6) -> list[str]:
+    """Per row: the ``k`` features with the largest absolute contribution, as readable text
+    ``"Contract=Month-to-month (+0.93); tenure=2 (+0.61); …"`` (sign: raises/lowers the score).
+    A feature equal to its reference value contributes nothing and is never listed."""
+    names = [str(c) for c in contributions.columns]
+    cols = {c: X[c].to_numpy(dtype=object) for c in names}
+    return top_factors_columns(contributions.to_numpy(), names, cols, k, min_abs)
 
 
 # ================================================================================================

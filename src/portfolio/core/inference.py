@@ -23,7 +23,6 @@ from portfolio.core.fastpath import (
     unwrap,
 )
 from portfolio.core.registry import LoadedModel
-from portfolio.core.schema import coerce
 from portfolio.core.spec import ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -65,6 +64,13 @@ class Predictor:
             return np.asarray(self.model.predict_proba(X)[:, 1], dtype=float)
         return np.asarray(self.model.predict(X), dtype=float)
 
+    def scores_columns(self, cols: Columns) -> np.ndarray:
+        """P(positive) or the point prediction for typed field columns (``fastpath.to_columns``)."""
+        if self._fast is not None:
+            return self._fast(cols)
+        # Typed columns hold what schema.coerce produces (float64/NaN, datetime64, object/None).
+        return self._pipeline_scores(pd.DataFrame(cols, columns=self.spec.feature_names))
+
     def scores_frame(self, typed: pd.DataFrame) -> np.ndarray:
         """P(positive) or the point prediction for typed rows."""
         if self._fast is not None:
@@ -72,17 +78,10 @@ class Predictor:
         return self._pipeline_scores(typed[self.spec.feature_names])
 
     def scores_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
-        if self._fast is not None:
-            return self._fast(to_columns(records, self.spec.fields))
-        return self._pipeline_scores(self._records_frame(records))
-
-    def _records_frame(self, records: Sequence[dict[str, Any]]) -> pd.DataFrame:
-        frame = pd.DataFrame.from_records(list(records), columns=self.spec.feature_names)
-        typed, _ = coerce(frame, self.spec.fields)
-        return typed
+        return self.scores_columns(to_columns(records, self.spec.fields))
 
     # -- outputs --------------------------------------------------------------------------------
-    def _outputs(self, scores: np.ndarray, X: Callable[[], pd.DataFrame]) -> dict[str, Any]:
+    def _outputs(self, scores: np.ndarray, cols: Callable[[], Columns]) -> dict[str, Any]:
         if self.spec.task == "classification":
             assert self.threshold is not None
             out: dict[str, Any] = {
@@ -90,7 +89,7 @@ class Predictor:
                 "prediction": (scores >= self.threshold).astype(int),
             }
             if self.spec.extra_outputs is not None:
-                extra = self.spec.extra_outputs(X(), scores, self)
+                extra = self.spec.extra_outputs(cols(), scores, self)
                 for col in self.spec.extra_output_columns:
                     out[col] = np.asarray(extra[col])
             return out
@@ -100,15 +99,17 @@ class Predictor:
 
     def predict_frame(self, typed: pd.DataFrame) -> pd.DataFrame:
         """Batch path: rows already validated and typed (``schema.validate_frame``)."""
-        scores = self.scores_frame(typed)
-        out = self._outputs(scores, lambda: typed[self.spec.feature_names])
+        cols = frame_to_columns(typed, self.spec.fields)
+        scores = self.scores_columns(cols)
+        out = self._outputs(scores, lambda: cols)
         return pd.DataFrame(out, index=typed.index)
 
     def predict_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """API path: records already validated by the request model; no DataFrame on the
-        compiled path (unless the service's extra outputs need one)."""
-        scores = self.scores_records(records)
-        out = self._outputs(scores, lambda: self._records_frame(records))
+        compiled path."""
+        cols = to_columns(records, self.spec.fields)
+        scores = self.scores_columns(cols)
+        out = self._outputs(scores, lambda: cols)
         keys = list(out)
         columns = [out[k].tolist() for k in keys]
         return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]

@@ -64,8 +64,9 @@ class ServiceSpec:
     # Regression: coverage of the conformal prediction interval.
     interval_coverage: float = 0.8
     # Classification: extra output columns per prediction (e.g. risk tier, top factors),
-    # computed from (features, probabilities, predictor) → {column: sequence}.
-    extra_outputs: Callable[[pd.DataFrame, Any, Any], Mapping[str, Any]] | None = None
+    # computed from (typed field columns {field: numpy array}, probabilities, predictor) →
+    # {column: sequence}. Columns, not a DataFrame: this runs on every API request.
+    extra_outputs: Callable[[dict[str, Any], Any, Any], Mapping[str, Any]] | None = None
     extra_output_columns: tuple[str, ...] = ()
 
     @property

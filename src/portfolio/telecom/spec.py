@@ -40,8 +40,8 @@ from portfolio.core.explain import (
     EXPLAIN_TRUSTED_TYPES,
     ReferenceProfile,
     find_step,
-    reference_contributions,
-    top_factors,
+    reference_contributions_columns,
+    top_factors_columns,
 )
 from portfolio.core.features import tabular_preprocessor
 from portfolio.core.schema import Field
@@ -258,20 +258,24 @@ def risk_tiers(proba: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(proba >= high_from, "high", np.where(proba >= threshold, "medium", "low"))
 
 
-def customer_intelligence(X: pd.DataFrame, proba: np.ndarray, predictor: Any) -> dict[str, Any]:
+def customer_intelligence(cols: dict[str, np.ndarray], proba: np.ndarray, predictor: Any) -> dict[str, Any]:
     """Extra output columns per customer: ``at_risk``, ``risk_tier`` and ``top_factors``.
 
-    ``predictor`` is the core's ``Predictor``: its ``scores_frame`` (compiled fast path when
-    available) scores the reference-substituted rows."""
+    ``cols`` are the typed input fields as numpy columns; ``predictor`` is the core's
+    ``Predictor``, whose ``scores_columns`` (the compiled fast path when available) scores the
+    reference-substituted rows in one call."""
     threshold = float(predictor.threshold)
     profile = find_step(predictor.model, ReferenceProfile)
     if profile is None:
         raise RuntimeError("telecom model has no ReferenceProfile step: retrain it with this version")
-    contributions = reference_contributions(predictor.scores_frame, X, profile.reference_, base_score=proba)
+    names = list(predictor.spec.feature_names)
+    contributions = reference_contributions_columns(
+        predictor.scores_columns, cols, profile.reference_, base_score=proba, columns=names
+    )
     return {
         "at_risk": np.asarray(proba) >= threshold,
         "risk_tier": risk_tiers(proba, threshold),
-        "top_factors": top_factors(contributions, X, k=3),
+        "top_factors": top_factors_columns(contributions, names, cols, k=3),
     }
 
 
