@@ -121,3 +121,23 @@ def test_metrics_count_requests_predictions_and_version(client: TestClient) -> N
     assert "portfolio_request_latency_seconds_bucket" in text
     assert "portfolio_predictions_total{label=" in text
     assert 'portfolio_model_version{service="synthclf"} 1.0' in text
+
+
+def test_openapi_documents_the_request_bodies(client: TestClient) -> None:
+    """/predict parses its body itself (speed); the schema must still say exactly what it takes."""
+    doc = client.get("/openapi.json").json()
+    schemas = doc["components"]["schemas"]
+
+    def body_schema(path: str) -> dict:  # type: ignore[type-arg]
+        ref = doc["paths"][path]["post"]["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        return schemas[ref.rsplit("/", 1)[1]]
+
+    record = body_schema("/predict")
+    assert set(record["properties"]) == set(GOOD)
+    assert record["additionalProperties"] is False
+    batch = body_schema("/predict/batch")
+    items = batch["properties"]["records"]["items"]["$ref"]
+    assert schemas[items.rsplit("/", 1)[1]] == record
+    assert batch["properties"]["records"]["maxItems"] == 5
+    errors = doc["paths"]["/predict"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
+    assert errors["$ref"].endswith("/ErrorBody")

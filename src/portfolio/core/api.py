@@ -326,15 +326,21 @@ def create_app(
             "input_schema": Record.model_json_schema(),
         }
 
+    prediction_counters: dict[str, Any] = {}
+
     def respond(p: Predictor, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = p.predict_records(rows)
         for item in out:
             item["model_version"] = p.version
             if spec.task == "classification":
                 item["threshold"] = p.threshold
-                metrics.predictions.labels(spec.name, str(item["prediction"])).inc()
+                label = str(item["prediction"])
             else:
-                metrics.predictions.labels(spec.name, "price").inc()
+                label = "price"
+            counter = prediction_counters.get(label)
+            if counter is None:
+                counter = prediction_counters[label] = metrics.predictions.labels(spec.name, label)
+            counter.inc()
         monitor.observe(rows, [item[score_key] for item in out])
         return out
 
@@ -453,6 +459,7 @@ class RequestContextMiddleware:
         self.service = service
         self.metrics = metrics
         self.max_body = max_body
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def _too_large(self, send: Any, rid: str) -> None:
         reason = f"request body larger than {self.max_body} bytes"
@@ -503,8 +510,15 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - start
             endpoint = path if path in _KNOWN else "other"
-            self.metrics.requests.labels(self.service, endpoint, str(status_holder["status"])).inc()
-            self.metrics.latency.labels(self.service, endpoint).observe(elapsed)
+            key = (endpoint, status_holder["status"])
+            children = self._children.get(key)
+            if children is None:  # label lookups cost more than the update: resolve them once
+                children = self._children[key] = (
+                    self.metrics.requests.labels(self.service, endpoint, str(key[1])),
+                    self.metrics.latency.labels(self.service, endpoint),
+                )
+            children[0].inc()
+            children[1].observe(elapsed)
             if endpoint not in ("/health", "/metrics", "/ready"):
                 log.info(
                     "request",

@@ -4,16 +4,19 @@ fails validation gets an ``error`` text and empty predictions, never a silent dr
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from portfolio.core.data import read_raw_csv
 from portfolio.core.inference import Predictor
-from portfolio.core.schema import MissingColumnsError, validate_frame
+from portfolio.core.schema import MissingColumnsError, ValidationResult, validate_frame
+
+T = TypeVar("T")
 
 
 class InputFileError(ValueError):
@@ -46,9 +49,12 @@ def predict_csv(
         output_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = output_path.with_name(output_path.name + ".partial")
         with tmp.open("w", newline="") as fh:
-            chunk: pd.DataFrame
-            for chunk in reader:  # type: ignore[assignment]
-                out = score_chunk(predictor, chunk, report)
+            # Reading + validating chunk i+1 (a background thread) overlaps scoring chunk i (the
+            # model releases the GIL); at most two chunks are in memory at once.
+            chunks: Iterator[pd.DataFrame] = iter(reader)  # type: ignore[arg-type]
+            validated = ((c, validate_frame(c, spec.fields)) for c in chunks)
+            for chunk, result in _prefetch(validated):
+                out = score_chunk(predictor, chunk, report, result)
                 _write_csv(out, fh, header=first)
                 first = False
                 if on_chunk:
@@ -69,8 +75,27 @@ def predict_csv(
     return report
 
 
-def score_chunk(predictor: Predictor, chunk: pd.DataFrame, report: BatchReport) -> pd.DataFrame:
-    result = validate_frame(chunk, predictor.spec.fields)
+_END = object()
+
+
+def _prefetch(items: Iterator[T]) -> Iterator[T]:
+    """Yield from ``items`` while a worker thread already produces the next one. Exceptions
+    surface in order, in the caller's thread."""
+    with ThreadPoolExecutor(1, thread_name_prefix="prefetch") as pool:
+        pending = pool.submit(next, items, _END)
+        while True:
+            item = pending.result()
+            if item is _END:
+                return
+            pending = pool.submit(next, items, _END)
+            yield item  # type: ignore[misc]
+
+
+def score_chunk(
+    predictor: Predictor, chunk: pd.DataFrame, report: BatchReport, result: ValidationResult | None = None
+) -> pd.DataFrame:
+    if result is None:
+        result = validate_frame(chunk, predictor.spec.fields)
     valid = result.valid_mask
     if valid.any():
         preds = predictor.predict_frame(result.frame.loc[valid])

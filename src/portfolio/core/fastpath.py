@@ -115,21 +115,23 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
             widths = [len(c) for c in step.categories_]
 
             lookups = [{c: i for i, c in enumerate(cats)} for cats in step.categories_]
+            # Object-dtype indexes: a hash lookup, and no string-dtype inference (pandas 3).
+            indexes = [pd.Index(np.asarray(cats, dtype=object), dtype=object) for cats in step.categories_]
 
             def onehot(
-                m: Matrix, cats: Any = step.categories_, lookups: Any = lookups, widths: Any = widths
+                m: Matrix, indexes: Any = indexes, lookups: Any = lookups, widths: Any = widths
             ) -> Matrix:
                 out = np.zeros((m.shape[0], sum(widths)), dtype=np.float64)
                 offset = 0
-                for j, (categories, lookup, width) in enumerate(zip(cats, lookups, widths, strict=True)):
+                for j, (index, lookup, width) in enumerate(zip(indexes, lookups, widths, strict=True)):
                     if m.shape[0] <= 64:
-                        # Small requests: a dict lookup per value beats building a Categorical.
+                        # Small requests: a dict lookup per value beats building an index.
                         for i, value in enumerate(m[:, j]):
                             k = lookup.get(value)
                             if k is not None:
                                 out[i, offset + k] = 1.0
                     else:
-                        codes = pd.Categorical(m[:, j], categories=categories).codes
+                        codes = index.get_indexer(pd.Index(m[:, j], dtype=object))
                         hit = codes >= 0
                         out[np.nonzero(hit)[0], offset + codes[hit]] = 1.0
                     offset += width
@@ -259,20 +261,37 @@ def _sklearn_trees(trees: Sequence[Any], leaf_value: Callable[[Any], np.ndarray]
     )
 
 
+# A forest's numpy walk beats scikit-learn's per-tree loop up to a few thousand rows (measured:
+# 100 trees of depth 6, 1,000 rows 8 ms vs 16 ms; 19,000 rows 309 ms vs 90 ms).
+FOREST_WALK_MAX_ROWS = 2048
+
+
 def _compile_forest_proba(est: Any) -> Callable[[Matrix], np.ndarray]:
     def p_positive(t: Any) -> np.ndarray:
         v = t.value[:, 0, :]  # per-node class weights (fractions since scikit-learn 1.4)
         return np.asarray(v[:, 1] / np.maximum(v.sum(axis=1), 1e-300), dtype=np.float64)
 
     trees = _sklearn_trees(est.estimators_, p_positive)
-    return lambda m: np.asarray(trees.leaf_values(m).mean(axis=1), dtype=np.float64)
+
+    def proba(m: Matrix) -> np.ndarray:
+        if m.shape[0] > FOREST_WALK_MAX_ROWS:
+            return np.asarray(est.predict_proba(m)[:, 1], dtype=np.float64)
+        return np.asarray(trees.leaf_values(m).mean(axis=1), dtype=np.float64)
+
+    return proba
 
 
 def _compile_forest_regressor(est: Any) -> Callable[[Matrix], np.ndarray]:
     if est.n_outputs_ != 1:
         raise NotCompilable("multi-output forest")
     trees = _sklearn_trees(est.estimators_, lambda t: np.asarray(t.value[:, 0, 0], dtype=np.float64))
-    return lambda m: np.asarray(trees.leaf_values(m).mean(axis=1), dtype=np.float64)
+
+    def predict(m: Matrix) -> np.ndarray:
+        if m.shape[0] > FOREST_WALK_MAX_ROWS:
+            return np.asarray(est.predict(m), dtype=np.float64)
+        return np.asarray(trees.leaf_values(m).mean(axis=1), dtype=np.float64)
+
+    return predict
 
 
 def _xgb_trees(booster: Any) -> tuple[_TreeArrays, str]:
@@ -322,6 +341,9 @@ def _xgb_fn(model: Any) -> Callable[[Matrix], np.ndarray]:
     """P(class 1) (binary:logistic) or the prediction (reg:squarederror) of an XGBoost model:
     the numpy tree walk for small requests, ``inplace_predict`` for larger ones."""
     booster = model.get_booster()
+    # Trained with one thread (n_jobs=1, CV runs in parallel elsewhere); large requests and
+    # batch files go faster on every core. Small requests never reach the library.
+    booster.set_param({"nthread": 0})
 
     def library(m: Matrix) -> np.ndarray:
         return np.asarray(booster.inplace_predict(m, validate_features=False), dtype=np.float64)

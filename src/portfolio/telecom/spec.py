@@ -192,6 +192,9 @@ DEFAULTS: dict[str, Any] = {
     "rf_n_estimators": 100,
     "rf_min_samples_leaf": 10,
     "rf_max_features": 0.3,
+    # Depth 6 scores the same CV ROC-AUC as unlimited depth (0.8495 vs 0.8496, 3 repeats of 5-fold)
+    # and makes the forest ~3x cheaper to evaluate per request (serving, top_factors).
+    "rf_max_depth": 6,
     # Random-forest threads. 1: per-request latency is lower without a thread pool, and the
     # machine is shared; training still takes well under a minute of CPU.
     "n_jobs": 1,
@@ -229,6 +232,7 @@ def soft_voting_pipeline(params: Mapping[str, Any], sampler: Any = None) -> Pipe
                     n_estimators=p["rf_n_estimators"],
                     min_samples_leaf=p["rf_min_samples_leaf"],
                     max_features=p["rf_max_features"],
+                    max_depth=p["rf_max_depth"],
                     n_jobs=p["n_jobs"],
                     random_state=SEED,
                 ),
