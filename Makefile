@@ -28,8 +28,8 @@ run: install ## Train what has no champion, start MLflow + the APIs; Ctrl-C stop
 	$(BIN)/portfolio up
 
 lint: $(STAMP) ## ruff
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy
