@@ -82,3 +82,48 @@ def test_unknown_step_falls_back_to_the_pipeline_and_says_why() -> None:
 
 def test_bankchurn_fast_path_equals_the_registered_mlflow_model(bank_state: Settings, data_dir: Path) -> None:
     assert_fast_path_parity(BANKCHURN, bank_state, data_dir)
+
+
+def test_weighted_voting_regressor_compiles_member_by_member() -> None:
+    from sklearn.compose import TransformedTargetRegressor
+    from sklearn.ensemble import RandomForestRegressor, VotingRegressor
+    from xgboost import XGBRegressor
+
+    from portfolio.core.fastpath import compile_regressor
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 4))
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values follow each tree's default direction
+    y = 50 + 10 * np.nan_to_num(X[:, 0]) ** 2 + rng.normal(size=300)
+    vote = VotingRegressor(
+        [
+            (
+                "sqrt",
+                TransformedTargetRegressor(
+                    XGBRegressor(n_estimators=20), func=np.sqrt, inverse_func=np.square
+                ),
+            ),
+            ("forest", RandomForestRegressor(n_estimators=10, random_state=0)),
+        ],
+        weights=[0.3, 0.7],
+    ).fit(X, y)
+    expected = vote.predict(X[:40])
+    fast = compile_regressor(vote)
+    vote.predict = None  # type: ignore[method-assign]  # the compiled path must not fall back to it
+    np.testing.assert_allclose(fast(X[:40]), expected, atol=1e-3)  # XGBoost sums in float32
+
+
+def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> None:
+    """A booster fitted on dollars: summing its 400 trees in float64 drifts by cents from the
+    library's float32 sum; the numpy walk must give the library's numbers bit for bit."""
+    from xgboost import XGBRegressor
+
+    from portfolio.core.fastpath import SMALL_BATCH_ROWS, compile_regressor
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(2000, 5))
+    y = 15_000 + 8_000 * X[:, 0] + 3_000 * X[:, 1] ** 2 + rng.normal(scale=2_000, size=2000)
+    model = XGBRegressor(n_estimators=400, learning_rate=0.05, max_depth=6, n_jobs=1).fit(X, y)
+    rows = X[:SMALL_BATCH_ROWS]  # small batches take the numpy walk
+    library = model.get_booster().inplace_predict(rows, validate_features=False)
+    np.testing.assert_array_equal(compile_regressor(model)(rows), library.astype(np.float64))

@@ -71,6 +71,9 @@ LISTING_KEY = (
 )
 PRICE_GROUPS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("same_listing", LISTING_KEY),
+    # Re-posts whose paint colour was filled in (or changed) between posts: ~5% more hold-out
+    # listings find their earlier post this way (CV RMSE -11, see params.yaml).
+    ("same_listing_any_color", tuple(c for c in LISTING_KEY if c != "paint_color")),
     ("same_odometer", ("model", "model_year", "odometer")),
     ("same_odometer_color", ("model", "model_year", "odometer", "paint_color")),
     ("model_year", ("model", "model_year")),

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.compose import ColumnTransformer, TransformedTargetRegressor
-from sklearn.ensemble import RandomForestRegressor
+from sklearn.ensemble import RandomForestRegressor, VotingRegressor
 from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
@@ -116,19 +116,30 @@ def _matrix(columns: list[str]) -> ColumnTransformer:
 
 
 def xgboost_pipeline(params: Mapping[str, Any]) -> Pipeline:
-    """Gradient-boosted trees on the derived features plus the price statistics, fitted on
-    sqrt(price): squared error on that scale is close to the RMSE we are judged on, and the
-    inverse (square) keeps every prediction positive, as the log-ratio interval needs."""
+    """Gradient-boosted trees on the derived features plus the price statistics: the average of
+    two boosters with the same settings, one fitted on sqrt(price) (its inverse, the square,
+    keeps every prediction positive, as the log-ratio interval needs) and one on the price
+    itself (squared error on the scale we are judged on). Their errors differ enough that the
+    average beats either alone in 5-fold CV (see params.yaml). ``raw_weight`` is the second
+    booster's share; the two are fitted in parallel (``n_jobs``), one thread each."""
     p = {
         "n_estimators": 800,
         "learning_rate": 0.04,
-        "max_depth": 7,
-        "min_child_weight": 6.0,
+        "max_depth": 6,
+        "min_child_weight": 10.0,
         "subsample": 0.8,
-        "colsample_bytree": 0.8,
-        "reg_lambda": 1.0,
-        "n_jobs": 1,
+        "colsample_bytree": 0.6,
+        "reg_lambda": 5.0,
     } | dict(params)
+    raw_weight = float(p.pop("raw_weight", 0.5))
+    n_jobs = int(p.pop("n_jobs", 2))
+
+    def booster() -> XGBRegressor:
+        return XGBRegressor(tree_method="hist", random_state=42, n_jobs=1, **p)
+
+    sqrt_model = TransformedTargetRegressor(
+        regressor=booster(), func=np.sqrt, inverse_func=np.square, check_inverse=False
+    )
     return Pipeline(
         [
             ("vehicle", VehicleFeatures()),
@@ -137,11 +148,10 @@ def xgboost_pipeline(params: Mapping[str, Any]) -> Pipeline:
             ("matrix", _matrix([*NUMERIC_OUT, *STATS_OUT])),
             (
                 "model",
-                TransformedTargetRegressor(
-                    regressor=XGBRegressor(tree_method="hist", random_state=42, **p),
-                    func=np.sqrt,
-                    inverse_func=np.square,
-                    check_inverse=False,
+                VotingRegressor(
+                    [("sqrt_price", sqrt_model), ("price", booster())],
+                    weights=[1.0 - raw_weight, raw_weight],
+                    n_jobs=n_jobs,
                 ),
             ),
         ]
@@ -182,6 +192,7 @@ SPEC = ServiceSpec(
         "portfolio.carvision.features.PriceStats",
         "portfolio.carvision.features.CategoryCodes",
         "sklearn.compose._target.TransformedTargetRegressor",
+        "sklearn.ensemble._voting.VotingRegressor",
         "numpy.sqrt",
         "numpy.square",
         # Random-forest node storage (the baseline). skops flags it because a forged file could hold

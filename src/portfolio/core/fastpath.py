@@ -27,6 +27,7 @@ from sklearn.ensemble import (
     RandomForestClassifier,
     RandomForestRegressor,
     VotingClassifier,
+    VotingRegressor,
 )
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression
@@ -337,6 +338,26 @@ def _xgb_trees(booster: Any) -> tuple[_TreeArrays, str]:
     return arrays, objective
 
 
+def _float32_base(booster: Any, trees: _TreeArrays, probe: Matrix) -> np.float32 | None:
+    """XGBoost adds the trees' leaf values one by one to ``base_score`` in float32. For a
+    regressor in dollars (hundreds of trees, values ~1e4) rounding that sum in float64 instead
+    drifts by cents, so the walk repeats the float32 order when it reproduces the library exactly
+    on ``probe``; None (float64 sum) otherwise."""
+    import json
+
+    text = json.loads(booster.save_raw("json"))["learner"]["learner_model_param"].get("base_score", "")
+    try:
+        value = json.loads(text) if text.startswith("[") else [float(text)]
+        base32 = np.float32(value[0]) if len(value) == 1 else None
+    except (ValueError, TypeError):
+        return None
+    if base32 is None:
+        return None
+    leaves = np.hstack([np.full((1, 1), base32, np.float32), trees.leaf_values(probe).astype(np.float32)])
+    margin = booster.inplace_predict(probe, predict_type="margin", validate_features=False)
+    return base32 if np.cumsum(leaves, axis=1, dtype=np.float32)[0, -1] == np.float32(margin[0]) else None
+
+
 def _xgb_fn(model: Any) -> Callable[[Matrix], np.ndarray]:
     """P(class 1) (binary:logistic) or the prediction (reg:squarederror) of an XGBoost model:
     the numpy tree walk for small requests, ``inplace_predict`` for larger ones."""
@@ -357,8 +378,13 @@ def _xgb_fn(model: Any) -> Callable[[Matrix], np.ndarray]:
     probe = np.zeros((1, int(booster.num_features())))
     margin = float(booster.inplace_predict(probe, predict_type="margin", validate_features=False)[0])
     base = margin - float(trees.leaf_values(probe).sum())
+    base32 = _float32_base(booster, trees, probe) if objective == "reg:squarederror" else None
 
     def walk(m: Matrix) -> np.ndarray:
+        if base32 is not None:  # the library's own arithmetic: float32, tree by tree, in order
+            start = np.full((m.shape[0], 1), base32, dtype=np.float32)
+            leaves = np.hstack([start, trees.leaf_values(m).astype(np.float32)])
+            return np.cumsum(leaves, axis=1, dtype=np.float32)[:, -1].astype(np.float64)
         z = trees.leaf_values(m).sum(axis=1) + base
         if objective == "binary:logistic":
             return np.asarray(1.0 / (1.0 + np.exp(-z)), dtype=np.float64)
@@ -423,6 +449,16 @@ def compile_regressor(est: Any) -> Callable[[Matrix], np.ndarray]:
         return ttr
     if isinstance(est, XGBRegressor):
         return _xgb_fn(est)
+    if isinstance(est, VotingRegressor):
+        if any(isinstance(e, str) for _, e in est.estimators):
+            raise NotCompilable("VotingRegressor with a dropped member")
+        parts = [compile_regressor(e) for e in est.estimators_]
+        w = None if est.weights is None else np.asarray(est.weights, dtype=np.float64)
+
+        def average(m: Matrix) -> np.ndarray:  # exactly VotingRegressor.predict's arithmetic
+            return np.asarray(np.average(np.column_stack([f(m) for f in parts]), axis=1, weights=w))
+
+        return average
     if isinstance(est, RandomForestRegressor | ExtraTreesRegressor):
         return _compile_forest_regressor(est)
     if hasattr(est, "predict"):
