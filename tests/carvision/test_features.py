@@ -217,3 +217,27 @@ def test_request_model_checks_the_date_format_and_optional_fields() -> None:
         "model_year", "model", "condition", "cylinders", "fuel", "odometer", "transmission", "type",
         "paint_color", "is_4wd", "date_posted", "days_listed",
     }  # fmt: skip
+
+
+def test_group_keys_are_the_same_for_small_and_large_inputs() -> None:
+    """Small requests mix keys with Python ints, large ones with numpy: the keys must agree."""
+    from portfolio.carvision.features import SMALL_ROWS, group_keys
+
+    rng = np.random.default_rng(0)
+    n = 50
+    cols = {
+        "model": np.array(rng.choice(["ford f-150", "bmw x5", None], n), dtype=object),
+        "odometer": np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 300_000, n).astype(float)),
+        "model_year": rng.integers(1990, 2019, n).astype(float),
+    }
+    names = ("model", "model_year", "odometer")
+    large = group_keys(cols, names)
+    small = np.concatenate(
+        [
+            group_keys({c: v[i : i + SMALL_ROWS] for c, v in cols.items()}, names)
+            for i in range(0, n, SMALL_ROWS)
+        ]
+    )
+    assert large.dtype == small.dtype == np.uint64
+    assert np.array_equal(large, small)
+    assert len(np.unique(large)) > 10  # the keys do tell rows apart

@@ -159,10 +159,35 @@ def _key_part(values: np.ndarray) -> np.ndarray:
     return bits
 
 
+_M64 = (1 << 64) - 1
+# Up to this many rows the keys are mixed with Python integers: a handful of numpy calls per
+# column cost more than the arithmetic itself (a one-listing API request has 7 keys of ~10 columns).
+SMALL_ROWS = 8
+
+
+def _mix_int(z: int) -> int:
+    """``_mix`` for one value as a Python int (same splitmix64 arithmetic, modulo 2**64)."""
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    return z ^ (z >> 31)
+
+
 def group_keys(cols: Columns, names: Sequence[str], parts: dict[str, np.ndarray] | None = None) -> np.ndarray:
     """One 64-bit key per row from the given columns (a missing value is a value of its own).
     ``parts`` caches the per-column hashes when several keys share columns."""
     parts = {} if parts is None else parts
+    n = len(cols[names[0]])
+    if n <= SMALL_ROWS:
+        for name in names:
+            if name not in parts:
+                parts[name] = _key_part(cols[name])
+        out = []
+        for r in range(n):
+            k = 0x243F6A8885A308D3
+            for i, name in enumerate(names):
+                k = _mix_int(k ^ _mix_int((int(parts[name][r]) + i) & _M64))
+            out.append(k)
+        return np.asarray(out, dtype=_U64)
     with np.errstate(over="ignore"):
         key = np.full(len(cols[names[0]]), _U64(0x243F6A8885A308D3), dtype=_U64)
         for i, name in enumerate(names):

@@ -52,6 +52,9 @@ def to_columns(records: Sequence[dict[str, Any]], fields: Sequence[Field]) -> Co
         if f.kind in ("int", "float"):
             cols[f.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         elif f.kind == "date":
+            if all(v is None for v in values):  # optional and omitted: no parsing to do
+                cols[f.name] = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+                continue
             # Same parsing as schema.coerce (the field's own format, e.g. M/D/YYYY).
             parsed = pd.to_datetime(pd.Series(values, dtype=object), format=f.date_format, errors="coerce")
             cols[f.name] = parsed.to_numpy(dtype="datetime64[ns]")
