@@ -131,6 +131,10 @@ def _days(values: np.ndarray) -> np.ndarray:
 
 
 _U64 = np.uint64
+_M64 = (1 << 64) - 1
+# Up to this many rows keys are hashed and mixed with plain Python: a handful of numpy calls per
+# column cost more than the arithmetic itself (a one-listing API request has 7 keys of ~10 columns).
+SMALL_ROWS = 8
 _NAN_BITS = _U64(0x7FF8DEADBEEF0001)  # one fixed bit pattern for every missing number
 
 
@@ -148,6 +152,10 @@ def _stable_hash(text: str) -> int:
 def _key_part(values: np.ndarray) -> np.ndarray:
     """One uint64 per value, identical in every process: numbers by their float64 bits (missing
     → one fixed pattern), text by an unkeyed BLAKE2b of the string (missing → "∅")."""
+    if values.dtype == object and len(values) <= SMALL_ROWS:  # no np.unique for a few values
+        return np.fromiter(
+            (_stable_hash("∅" if _missing(v) else str(v)) for v in values), dtype=_U64, count=len(values)
+        )
     if values.dtype == object:
         text = np.asarray(["∅" if _missing(v) else str(v) for v in values], dtype=str)
         uniq, inverse = np.unique(text, return_inverse=True)
@@ -157,12 +165,6 @@ def _key_part(values: np.ndarray) -> np.ndarray:
     bits = v.view(_U64).copy()
     bits[np.isnan(v)] = _NAN_BITS
     return bits
-
-
-_M64 = (1 << 64) - 1
-# Up to this many rows the keys are mixed with Python integers: a handful of numpy calls per
-# column cost more than the arithmetic itself (a one-listing API request has 7 keys of ~10 columns).
-SMALL_ROWS = 8
 
 
 def _mix_int(z: int) -> int:
