@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run test lint typecheck unit repro clean help bench
+.PHONY: install data run test lint typecheck unit repro clean help bench soak
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -48,3 +48,6 @@ clean: ## Remove local state (MLflow db, artifacts, caches), keep .venv and data
 
 bench: install ## Serving benchmarks (in-process, HTTP vs mlflow models serve, batch, CLI) → docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py
+
+soak: install ## Each API under 32 connections for 60 s (SOAK_SECONDS): 0 errors, p99, RSS growth < 10%
+	$(BIN)/python benchmarks/soak.py

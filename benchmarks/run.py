@@ -9,12 +9,9 @@ perf_counter. Champions come from the configured tracking store (trained first w
 
 from __future__ import annotations
 
-import json
 import os
 import platform
-import re
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,14 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import loadgen  # benchmarks/loadgen.py, shared with `make soak`
 import numpy as np
 import pandas as pd
+from loadgen import ensure_champions, sample_records, serve_api
 
 from portfolio.core import registry
-from portfolio.core.data import read_raw_csv
 from portfolio.core.inference import Predictor
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
-from portfolio.core.schema import request_model, validate_frame
+from portfolio.core.schema import request_model
 from portfolio.core.settings import Settings, get_settings
 from portfolio.services import SERVICES
 
@@ -42,46 +40,8 @@ CLI_ROWS = int(os.environ.get("BENCH_CLI_ROWS", "1000000"))
 NAMES = [n for n in os.environ.get("BENCH_SERVICES", ",".join(SERVICES)).split(",") if n]
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
-    found = shutil.which("wrk")
-    assert found, "wrk could not be installed"
-    return found
-
-
-def ensure_champions(settings: Settings) -> None:
-    from portfolio.core.training import train_service
-
-    registry.configure(settings)
-    for spec in (SERVICES[n] for n in NAMES):
-        if registry.champion_version(spec.name) is None:
-            print(f"{spec.name}: no champion: training first …", flush=True)
-            train_service(spec, settings)
-
-
-def sample_records(spec: Any, settings: Settings, n: int) -> list[dict[str, Any]]:
-    raw = read_raw_csv(settings.resolved_data_dir / spec.data_file)
-    result = validate_frame(raw.sample(min(n, len(raw)), random_state=0), spec.fields)
-    typed = result.frame[result.valid_mask][spec.feature_names]
-    out = []
-    for rec in typed.to_dict("records"):
-        clean: dict[str, Any] = {}
-        for f in spec.fields:
-            v = rec[f.name]
-            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
-                clean[f.name] = None
-            elif f.kind == "int":
-                clean[f.name] = int(v)
-            elif f.kind == "date":
-                clean[f.name] = pd.Timestamp(v).strftime("%Y-%m-%d")
-            else:
-                clean[f.name] = v
-        out.append(clean)
-    return out
+def run_wrk(url: str, body: dict[str, Any], connections: int = 8) -> dict[str, float]:
+    return loadgen.run_wrk(url, body, connections, WRK_SECONDS)
 
 
 def in_process(spec: Any, settings: Settings, records: list[dict[str, Any]]) -> dict[str, float]:
@@ -102,45 +62,6 @@ def in_process(spec: Any, settings: Settings, records: list[dict[str, Any]]) -> 
         "p99_ms": float(np.percentile(times, 99) * 1e3),
         "compiled": float(predictor.compiled),
     }
-
-
-def run_wrk(
-    url: str, body: dict[str, Any], connections: int = 8, seconds: int = WRK_SECONDS
-) -> dict[str, float]:
-    wrk = ensure_wrk()
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        payload = json.dumps(body).replace("\\", "\\\\").replace('"', '\\"')
-        fh.write(
-            'wrk.method = "POST"\n'
-            'wrk.headers["Content-Type"] = "application/json"\n'
-            f'wrk.body = "{payload}"\n'
-            "done = function(summary, latency, requests)\n"
-            '  io.write(string.format("P50 %d\\nP99 %d\\nNON2XX %d\\n", latency:percentile(50), '
-            "latency:percentile(99), summary.errors.status))\nend\n"
-        )
-        script = fh.name
-    out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
-        capture_output=True, text=True, check=True, timeout=seconds + 60,
-    ).stdout  # fmt: skip
-    os.unlink(script)
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = int(re.search(r"P50 (\d+)", out).group(1)) / 1000  # type: ignore[union-attr]
-    p99 = int(re.search(r"P99 (\d+)", out).group(1)) / 1000  # type: ignore[union-attr]
-    non2xx = int(re.search(r"NON2XX (\d+)", out).group(1))  # type: ignore[union-attr]
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": non2xx}
-
-
-def serve_api(name: str, settings: Settings, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    proc = start(
-        [bin_path("portfolio"), "serve", name, "--port", str(port), "--workers", str(workers)],
-        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "PORTFOLIO_LOG_LEVEL": "WARNING"},
-        log_file=settings.resolved_state_dir / f"bench-{name}.log",
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/ready", timeout=240, proc=proc)
-    return proc, base
 
 
 def serve_mlflow(name: str, settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
@@ -213,7 +134,7 @@ def cli_throughput(settings: Settings) -> dict[str, float]:
 def main() -> None:
     settings = get_settings()
     registry.configure(settings)
-    ensure_champions(settings)
+    ensure_champions(settings, NAMES)
     rows: list[tuple[str, str, str, str]] = []  # (figure, value, target, verdict)
 
     def add(figure: str, value: float, target: str, ok: bool, fmt: str = "{:.3f}") -> None:

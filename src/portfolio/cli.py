@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -362,6 +363,10 @@ def models(service: Annotated[str | None, typer.Argument(help="One service (defa
         out.print(t)
 
 
+def _exit_cleanly(signum: int, frame: Any) -> None:
+    sys.exit(0)
+
+
 @app.command()
 def serve(
     service: ServiceArg,
@@ -375,6 +380,10 @@ def serve(
     settings = _settings()
     _spec(service)
     os.environ["PORTFOLIO_SERVICE"] = service
+    # uvicorn answers SIGTERM/SIGINT with a graceful shutdown (in-flight requests complete), then
+    # re-raises the signal to the handler it found: make that a clean exit (0), not death by signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_cleanly)
     uvicorn.run(
         "portfolio.core.api:app_from_env",
         factory=True,

@@ -90,3 +90,34 @@ def test_numeric_frames_pass_through_coercion_unchanged() -> None:
     res = validate_frame(df, FIELDS)
     assert res.n_invalid == 0
     assert np.isnan(res.frame.loc[1, "x2"])
+
+
+def test_request_numbers_reject_booleans_and_strings_and_nullable_ranges_are_documented() -> None:
+    """JSON true/false and "12" are not numbers (pydantic's lax mode would coerce them), and a
+    nullable field's range shows in the OpenAPI schema (the fuzzer generates from it)."""
+    import json
+
+    Model = request_model("Rec", FIELDS)
+    good = {"x1": 0.5, "x2": 1, "color": "red", "noise": 0}
+    for bad in ({"x1": True}, {"x2": False}, {"x1": "0.5"}, {"x2": "1"}):
+        with pytest.raises(pydantic.ValidationError, match="valid number, not"):
+            Model.model_validate_json(json.dumps(good | bad))
+    assert Model.model_validate(good | {"x2": 2.0}).model_dump()["x2"] == 2  # a whole float is an int
+    x2 = Model.model_json_schema()["properties"]["x2"]
+    assert {"type": "integer", "minimum": 0, "maximum": 100} in x2["anyOf"], x2
+
+
+def test_dates_outside_the_representable_range_are_row_errors_not_crashes() -> None:
+    import re
+
+    from portfolio.core.schema import Field
+
+    fields = (Field("d", "date", date_format="%m/%d/%Y", nullable=True),)
+    res = validate_frame(pd.DataFrame({"d": ["6/23/2018", "1/1/0001", "12/31/9999", None]}), fields)
+    assert res.errors.str.startswith("d: not a date").tolist() == [False, True, True, False]
+    Model = request_model("Rec", fields)
+    with pytest.raises(pydantic.ValidationError, match="must be between"):
+        Model(d="01/01/0001")
+    pattern = Model.model_json_schema()["properties"]["d"]["anyOf"][0]["pattern"]
+    assert re.search(pattern, "6/23/2018") and re.search(pattern, "12/31/2261")
+    assert not any(re.search(pattern, d) for d in ("2018-06-23", "2/30/2020", "4/31/2020", "1/1/0001"))

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -28,6 +28,7 @@ from prometheus_client import (
 )
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic import Field as PydField
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portfolio.core import registry
 from portfolio.core.inference import Predictor
@@ -177,6 +178,14 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"model": ErrorBody, "description": "invalid input: the field and the reason"},
     503: {"model": ErrorBody, "description": "no model loaded yet"},
 }
+MODEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    k: v for k, v in PREDICT_RESPONSES.items() if k in (200, 401, 503)
+}
+ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing or invalid admin key"},
+    403: {"model": ErrorBody, "description": "admin endpoints disabled (no PORTFOLIO_ADMIN_API_KEYS)"},
+    502: {"model": ErrorBody, "description": "the registry could not be reached: the model is kept"},
+}
 
 
 def _document_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
@@ -248,6 +257,17 @@ def create_app(
     async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _error_items(exc.errors())}, status_code=422)
 
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """404/405 and framework body-parsing errors in our error shape (not a bare string)."""
+        status, reason = exc.status_code, str(exc.detail)
+        field = {400: "body", 404: "path", 405: "method"}.get(status, "")
+        cause = exc.__cause__
+        if status == 400 and cause is not None:  # FastAPI could not parse the body: same as /predict
+            known = {UnicodeDecodeError: "the body is not UTF-8 text", RecursionError: "nested too deeply"}
+            status, reason = 422, "malformed JSON: " + known.get(type(cause), type(cause).__name__)
+        return JSONResponse({"detail": [{"field": field, "reason": reason}]}, status, headers=exc.headers)
+
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
@@ -308,7 +328,7 @@ def create_app(
             body["detail"] = "tracking server unreachable: serving the cached champion"
         return JSONResponse(body)
 
-    @app.get("/model", tags=["model"], dependencies=[Depends(require_key)])
+    @app.get("/model", tags=["model"], dependencies=[Depends(require_key)], responses=MODEL_RESPONSES)
     async def model_info() -> dict[str, Any]:
         """Name, version, threshold, metrics and input schema of the served model."""
         p = require_model()
@@ -344,7 +364,9 @@ def create_app(
         monitor.observe(rows, [item[score_key] for item in out])
         return out
 
-    @app.post("/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)])
+    @app.post(
+        "/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN_RESPONSES
+    )
     async def admin_reload() -> dict[str, Any]:
         """Load the registry's current champion now (no restart); keeps the old model on failure."""
         try:
@@ -390,7 +412,7 @@ def create_app(
         rows = [r.__dict__ for r in batch.records]
         return _json({"predictions": respond(p, rows), "model_version": p.version, "count": len(rows)})
 
-    @app.post("/explain", tags=["predict"], dependencies=[Depends(require_key)])
+    @app.post("/explain", tags=["predict"], dependencies=[Depends(require_key)], responses=PREDICT_RESPONSES)
     async def explain(record: Record) -> Any:  # type: ignore[valid-type]
         """The prediction for one record plus per-feature contributions (original field names)
         that add up, with `base_value`, to `output_value`: log-odds (classifiers) or the predicted
@@ -403,7 +425,7 @@ def create_app(
         body["model_version"] = p.version
         return body
 
-    @app.get("/metrics", tags=["ops"])
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
         p = holder.predictor
         metrics.model_ready.labels(spec.name).set(1 if p else 0)

@@ -10,16 +10,31 @@ Validation of a frame runs in two steps that together account for every row:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
+import annotated_types
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
-from pydantic import AfterValidator, BaseModel, ConfigDict, create_model
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    WithJsonSchema,
+    create_model,
+)
 from pydantic import Field as PydField
+from pydantic_core import PydanticCustomError
 
 Kind = Literal["int", "float", "category", "text", "date"]
+
+# Dates travel as datetime64[ns] (features, drift, the compiled fast path): outside this range a
+# date cannot be represented, so it is invalid input rather than an overflow further down.
+DATE_MIN, DATE_MAX = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")
 
 
 @dataclass(frozen=True)
@@ -135,7 +150,9 @@ def coerce(df: pd.DataFrame, fields: tuple[Field, ...]) -> tuple[pd.DataFrame, p
         elif f.kind == "date":
             text = raw.astype("string").str.strip()
             text = text.mask(text == "")
-            dates = pd.to_datetime(text, format=f.date_format, errors="coerce").astype("datetime64[ns]")
+            parsed = pd.to_datetime(text, format=f.date_format, errors="coerce")
+            parsed = parsed.mask((parsed < DATE_MIN) | (parsed > DATE_MAX))
+            dates = parsed.astype("datetime64[ns]")
             bad[f.name] = text.notna() & dates.isna()
             out[f.name] = dates
         else:
@@ -205,11 +222,45 @@ def _date_check(date_format: str | None) -> Any:
 
     def check(value: str) -> str:
         text = value.strip()
-        if pd.isna(pd.to_datetime(text, format=date_format, errors="coerce")):
+        parsed = pd.to_datetime(text, format=date_format, errors="coerce")
+        if pd.isna(parsed):
             raise ValueError(f"not a date in the format {date_format or 'ISO 8601'} ({value!r})")
+        if not DATE_MIN <= parsed <= DATE_MAX:
+            raise ValueError(f"must be between {DATE_MIN:%Y-%m-%d} and {DATE_MAX:%Y-%m-%d} ({value!r})")
         return text
 
     return check
+
+
+def _date_pattern(date_format: str | None) -> str | None:
+    """A regular expression for the OpenAPI schema of a date field whose format is made of %Y, %m
+    and %d (plus literal separators): days per month, years within the representable range. Every
+    string matching it is a valid date; 29 February is accepted by the API but left out of the
+    pattern, which cannot tell leap years."""
+    tokens = [t for t in re.split(r"(%[a-zA-Z])", date_format or "") if t]
+    if sorted(t for t in tokens if t.startswith("%")) != ["%Y", "%d", "%m"]:
+        return None
+    year = "(1(6(7[89]|[89][0-9])|[7-9][0-9]{2})|2([01][0-9]{2}|2([0-5][0-9]|6[01])))"  # 1678-2261
+    month_days = {
+        "0?[13578]|1[02]": "0?[1-9]|[12][0-9]|3[01]",
+        "0?[469]|11": "0?[1-9]|[12][0-9]|30",
+        "0?2": "0?[1-9]|1[0-9]|2[0-8]",
+    }
+    alternatives = []
+    for months, days in month_days.items():
+        pieces = {"%Y": year, "%m": f"({months})", "%d": f"({days})"}
+        alternatives.append("".join(pieces.get(t, re.escape(t)) for t in tokens))
+    return "^(" + "|".join(alternatives) + ")$"
+
+
+def _number_only(value: Any) -> Any:
+    """JSON ``true``/``false`` and strings are not numbers (pydantic's lax mode would turn them
+    into 1/0 and parse "12"): reject them, as the OpenAPI schema says."""
+    cls = value.__class__
+    if cls is bool or cls is str:
+        kind = "true/false" if cls is bool else "a string"
+        raise PydanticCustomError("number_type", "Input should be a valid number, not {kind}", {"kind": kind})
+    return value
 
 
 def request_model(model_name: str, fields: tuple[Field, ...]) -> type[BaseModel]:
@@ -217,26 +268,30 @@ def request_model(model_name: str, fields: tuple[Field, ...]) -> type[BaseModel]
     schema; unknown fields are rejected; NaN and Infinity are rejected."""
     definitions: dict[str, Any] = {}
     for f in fields:
+        # Value constraints sit on the value's own type, so that a nullable field's OpenAPI
+        # schema still shows them (anyOf: [{type, minimum, maximum}, null]).
+        value: list[Any] = []
+        if f.min is not None and f.kind in ("int", "float"):
+            value.append(annotated_types.Ge(f.min))
+        if f.max is not None and f.kind in ("int", "float"):
+            value.append(annotated_types.Le(f.max))
+        if f.kind == "float":
+            value.append(AllowInfNan(False))
+        if f.kind in ("text", "category") and f.categories is None:
+            value.append(annotated_types.Len(1, 200))
         if f.kind == "int":
-            typ: Any = int
+            typ: Any = Annotated[int, *value, BeforeValidator(_number_only)]
         elif f.kind == "float":
-            typ = float
-        elif f.kind == "category":
-            typ = Literal[f.categories] if f.categories else str  # type: ignore[valid-type]
+            typ = Annotated[float, *value, BeforeValidator(_number_only)]
+        elif f.kind == "category" and f.categories:
+            typ = Literal[f.categories]  # type: ignore[valid-type]
         elif f.kind == "date":
             typ = Annotated[str, AfterValidator(_date_check(f.date_format))]
+            if pattern := _date_pattern(f.date_format):  # documented in the OpenAPI schema
+                typ = Annotated[typ, WithJsonSchema({"type": "string", "pattern": pattern})]
         else:
-            typ = str
+            typ = Annotated[str, *value]
         constraints: dict[str, Any] = {"description": f.description}
-        if f.min is not None and f.kind in ("int", "float"):
-            constraints["ge"] = f.min
-        if f.max is not None and f.kind in ("int", "float"):
-            constraints["le"] = f.max
-        if f.kind == "float":
-            constraints["allow_inf_nan"] = False
-        if f.kind in ("text", "category") and f.categories is None:
-            constraints["min_length"] = 1
-            constraints["max_length"] = 200
         if f.example is not None:
             constraints["examples"] = [f.example]
         if f.allows_null:

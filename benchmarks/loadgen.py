@@ -1,0 +1,127 @@
+"""Shared by `make bench` (run.py) and `make soak` (soak.py): champions, sample requests, real API
+processes and HTTP load from `wrk` (Debian package, installed when missing)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from portfolio.core import registry
+from portfolio.core.data import read_raw_csv
+from portfolio.core.processes import bin_path, free_port, start, wait_http
+from portfolio.core.schema import validate_frame
+from portfolio.core.settings import Settings
+from portfolio.services import SERVICES
+
+
+def ensure_wrk() -> str:
+    found = shutil.which("wrk")
+    if found:
+        return found
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, capture_output=True)
+    found = shutil.which("wrk")
+    assert found, "wrk could not be installed"
+    return found
+
+
+def ensure_champions(settings: Settings, names: Sequence[str]) -> None:
+    from portfolio.core.training import train_service
+
+    registry.configure(settings)
+    for spec in (SERVICES[n] for n in names):
+        if registry.champion_version(spec.name) is None:
+            print(f"{spec.name}: no champion: training first …", flush=True)
+            train_service(spec, settings)
+
+
+def sample_records(spec: Any, settings: Settings, n: int) -> list[dict[str, Any]]:
+    raw = read_raw_csv(settings.resolved_data_dir / spec.data_file)
+    result = validate_frame(raw.sample(min(n, len(raw)), random_state=0), spec.fields)
+    typed = result.frame[result.valid_mask][spec.feature_names]
+    out = []
+    for rec in typed.to_dict("records"):
+        clean: dict[str, Any] = {}
+        for f in spec.fields:
+            v = rec[f.name]
+            if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
+                clean[f.name] = None
+            elif f.kind == "int":
+                clean[f.name] = int(v)
+            elif f.kind == "date":
+                clean[f.name] = pd.Timestamp(v).strftime(f.date_format or "%Y-%m-%d")
+            else:
+                clean[f.name] = v
+        out.append(clean)
+    return out
+
+
+def serve_api(name: str, settings: Settings, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = start(
+        [bin_path("portfolio"), "serve", name, "--port", str(port), "--workers", str(workers)],
+        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "PORTFOLIO_LOG_LEVEL": "WARNING"},
+        log_file=settings.resolved_state_dir / f"bench-{name}.log",
+    )
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/ready", timeout=240, proc=proc)
+    return proc, base
+
+
+def run_wrk(
+    url: str,
+    body: dict[str, Any] | Sequence[dict[str, Any]],
+    connections: int = 8,
+    seconds: int = 20,
+    timeout_s: int = 5,
+) -> dict[str, float]:
+    """POST JSON ``body`` (or each of several bodies in turn) with one wrk thread for ``seconds``.
+    ``errors`` counts non-2xx answers; ``socket_errors`` connect/read/write errors and timeouts."""
+    wrk = ensure_wrk()
+    bodies = [body] if isinstance(body, dict) else list(body)
+    # Lua long strings ([==[ … ]==]) carry the JSON as is, without escaping.
+    lua_bodies = ",\n".join(f"[==[{json.dumps(b)}]==]" for b in bodies)
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(
+            f"local bodies = {{\n{lua_bodies}\n}}\n"
+            "local i = 0\n"
+            'local headers = {["Content-Type"] = "application/json"}\n'
+            "request = function()\n"
+            "  i = i % #bodies + 1\n"
+            '  return wrk.format("POST", nil, headers, bodies[i])\n'
+            "end\n"
+            "done = function(summary, latency, requests)\n"
+            "  local e = summary.errors\n"
+            '  io.write(string.format("P50 %d\\nP99 %d\\nNON2XX %d\\nSOCKET %d\\nREQUESTS %d\\n", '
+            "latency:percentile(50), latency:percentile(99), e.status, "
+            "e.connect + e.read + e.write + e.timeout, summary.requests))\nend\n"
+        )
+        script = fh.name
+    try:
+        out = subprocess.run(
+            [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s", "-s", script, url],
+            capture_output=True, text=True, check=True, timeout=seconds + 60,
+        ).stdout  # fmt: skip
+    finally:
+        os.unlink(script)
+
+    def figure(pattern: str) -> float:
+        return float(re.search(pattern, out).group(1))  # type: ignore[union-attr]
+
+    return {
+        "rps": figure(r"Requests/sec:\s+([\d.]+)"),
+        "p50_ms": figure(r"P50 (\d+)") / 1000,
+        "p99_ms": figure(r"P99 (\d+)") / 1000,
+        "errors": figure(r"NON2XX (\d+)"),
+        "socket_errors": figure(r"SOCKET (\d+)"),
+        "requests": figure(r"REQUESTS (\d+)"),
+    }
