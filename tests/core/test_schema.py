@@ -10,6 +10,7 @@ import pytest
 from portfolio.core.schema import (
     MissingColumnsError,
     pandera_schema,
+    parse_date,
     request_model,
     validate_frame,
 )
@@ -121,3 +122,26 @@ def test_dates_outside_the_representable_range_are_row_errors_not_crashes() -> N
     pattern = Model.model_json_schema()["properties"]["d"]["anyOf"][0]["pattern"]
     assert re.search(pattern, "6/23/2018") and re.search(pattern, "12/31/2261")
     assert not any(re.search(pattern, d) for d in ("2018-06-23", "2/30/2020", "4/31/2020", "1/1/0001"))
+
+
+DATE_CASES = [
+    "1/5/2019", "01/05/2019", "1/05/2019", "12/31/2019", "2/29/2020", "1/1/1677", "12/31/2262",
+    "13/1/2019", "0/5/2019", "1/0/2019", "2/30/2019", "2/29/2019", "1/5/19", "1/5/02019",
+    "001/5/2019", " 1/5/2019", "1/5/2019 ", "1/5/2019\n", "1/5/2019 00:00", "+1/5/2019", "1//2019",
+    "", "\u0661/\u0665/\u0662\u0660\u0661\u0669",  # Arabic-Indic digits
+    "2019-01-05", "jan/5/2019",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["%m/%d/%Y", "%Y-%m-%d", "%d.%m.%Y"])
+def test_parse_date_accepts_exactly_what_pandas_accepts(fmt: str) -> None:
+    """The API's one-value date parser (strptime) and the files' parser (pd.to_datetime with the
+    same format) must agree on every string, valid or not, and on the date."""
+    cases = [*DATE_CASES, pd.Timestamp(2019, 1, 5).strftime(fmt), "5.1.2019", "2019-1-5"]
+    for text in cases:
+        expected = pd.to_datetime(text, format=fmt, errors="coerce")
+        got = parse_date(text, fmt)
+        if pd.isna(expected):
+            assert got is None, (fmt, text, got)
+        else:
+            assert got is not None and pd.Timestamp(got) == expected, (fmt, text, got, expected)

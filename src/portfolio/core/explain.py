@@ -86,6 +86,39 @@ def _fill(values: np.ndarray, value: Any, m: int) -> np.ndarray:
     return np.full(m, value, dtype=values.dtype)
 
 
+def reference_scores_and_contributions(
+    score: Callable[[Columns], Any],
+    cols: Columns,
+    reference: Mapping[str, Any],
+    *,
+    columns: Sequence[str] | None = None,
+    block_rows: int = 2000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(class 1) per row and the rows x ``columns`` log-odds contribution matrix, from ONE model
+    call per block: the block's own rows are scored together with their single-column
+    substitutions (a one-record request pays one call's fixed cost, not two)."""
+    names = list(columns or cols)
+    n = len(next(iter(cols.values())))
+    proba = np.zeros(n)
+    out = np.zeros((n, len(names)))
+    k = len(names)
+    for start in range(0, n, block_rows):
+        stop = min(start + block_rows, n)
+        m = stop - start
+        variants: Columns = {}
+        for c, values in cols.items():
+            block = values[start:stop]
+            stacked = np.tile(block, k + 1)  # variants 0..k-1 substitute one column; k is the row itself
+            if c in names:  # in the variant where c is substituted, c takes the reference value
+                j = names.index(c)
+                stacked[j * m : (j + 1) * m] = _fill(block, reference[c], m)
+            variants[c] = stacked
+        p = np.asarray(score(variants), dtype=float).reshape(k + 1, m)
+        proba[start:stop] = p[k]
+        out[start:stop] = logit(p[k])[:, None] - logit(p[:k].T)
+    return proba, out
+
+
 def reference_contributions_columns(
     score: Callable[[Columns], Any],
     cols: Columns,
@@ -99,24 +132,11 @@ def reference_contributions_columns(
     maps each input column to a numpy array, and ``score`` takes such columns. Every
     single-column substitution of a block of rows is stacked into one set of columns, so the model
     is called once per block. Serving uses this directly (no DataFrame on the hot path)."""
-    names = list(columns or cols)
-    n = len(next(iter(cols.values())))
-    base = logit(np.asarray(score(cols) if base_score is None else base_score, dtype=float))
-    out = np.zeros((n, len(names)))
-    k = len(names)
-    for start in range(0, n, block_rows):
-        stop = min(start + block_rows, n)
-        m = stop - start
-        variants: Columns = {}
-        for c, values in cols.items():
-            block = values[start:stop]
-            stacked = np.tile(block, k)
-            if c in names:  # in the variant where c is substituted, c takes the reference value
-                j = names.index(c)
-                stacked[j * m : (j + 1) * m] = _fill(block, reference[c], m)
-            variants[c] = stacked
-        p = np.asarray(score(variants), dtype=float).reshape(k, m).T
-        out[start:stop] = base[start:stop, None] - logit(p)
+    proba, out = reference_scores_and_contributions(
+        score, cols, reference, columns=columns, block_rows=block_rows
+    )
+    if base_score is not None:  # the caller's own scores of these rows as the base (same values)
+        out += (logit(np.asarray(base_score, dtype=float)) - logit(proba))[:, None]
     return out
 
 

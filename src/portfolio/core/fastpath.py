@@ -34,10 +34,16 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from portfolio.core.schema import Field
+from portfolio.core.schema import Field, parse_date
 
 Columns = dict[str, np.ndarray]
 Matrix = np.ndarray
+
+
+# Requests up to this many rows take per-value paths (cached date strptime, dict one-hot) and
+# walk the trees in numpy, free of per-call library overhead; larger ones use vectorised pandas
+# and XGBoost's multi-threaded ``inplace_predict``, which are faster there.
+SMALL_BATCH_ROWS = 64
 
 
 class NotCompilable(Exception):
@@ -54,6 +60,13 @@ def to_columns(records: Sequence[dict[str, Any]], fields: Sequence[Field]) -> Co
         elif f.kind == "date":
             if all(v is None for v in values):  # optional and omitted: no parsing to do
                 cols[f.name] = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
+                continue
+            if len(values) <= SMALL_BATCH_ROWS:  # API requests: per-value strptime, cached
+                dates = [None if v is None else parse_date(v, f.date_format) for v in values]
+                cols[f.name] = np.array(
+                    [np.datetime64("NaT") if d is None else np.datetime64(d, "ns") for d in dates],
+                    dtype="datetime64[ns]",
+                )
                 continue
             # Same parsing as schema.coerce (the field's own format, e.g. M/D/YYYY).
             parsed = pd.to_datetime(pd.Series(values, dtype=object), format=f.date_format, errors="coerce")
@@ -117,28 +130,38 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
             if getattr(step, "_infrequent_enabled", False):
                 raise NotCompilable("OneHotEncoder with infrequent categories")
             widths = [len(c) for c in step.categories_]
-
-            lookups = [{c: i for i, c in enumerate(cats)} for cats in step.categories_]
+            offsets = np.cumsum([0, *widths[:-1]]).tolist()
+            # value → output column (offset included), for the per-value path of small requests
+            lookups = [
+                {c: off + i for i, c in enumerate(cats)}
+                for off, cats in zip(offsets, step.categories_, strict=True)
+            ]
             # Object-dtype indexes: a hash lookup, and no string-dtype inference (pandas 3).
             indexes = [pd.Index(np.asarray(cats, dtype=object), dtype=object) for cats in step.categories_]
 
             def onehot(
-                m: Matrix, indexes: Any = indexes, lookups: Any = lookups, widths: Any = widths
+                m: Matrix,
+                indexes: Any = indexes,
+                lookups: Any = lookups,
+                offsets: Any = offsets,
+                total: int = sum(widths),
             ) -> Matrix:
-                out = np.zeros((m.shape[0], sum(widths)), dtype=np.float64)
-                offset = 0
-                for j, (index, lookup, width) in enumerate(zip(indexes, lookups, widths, strict=True)):
-                    if m.shape[0] <= 64:
-                        # Small requests: a dict lookup per value beats building an index.
-                        for i, value in enumerate(m[:, j]):
-                            k = lookup.get(value)
-                            if k is not None:
-                                out[i, offset + k] = 1.0
-                    else:
-                        codes = index.get_indexer(pd.Index(m[:, j], dtype=object))
-                        hit = codes >= 0
-                        out[np.nonzero(hit)[0], offset + codes[hit]] = 1.0
-                    offset += width
+                out = np.zeros((m.shape[0], total), dtype=np.float64)
+                if m.shape[0] <= SMALL_BATCH_ROWS:
+                    # Small requests: one dict lookup per value and a single scatter beat
+                    # building an index per column (flat positions row * total + column).
+                    hits = [
+                        r * total + k
+                        for j, lookup in enumerate(lookups)
+                        for r, value in enumerate(m[:, j].tolist())
+                        if (k := lookup.get(value, -1)) >= 0
+                    ]
+                    out.reshape(-1)[hits] = 1.0
+                    return out
+                for j, (index, offset) in enumerate(zip(indexes, offsets, strict=True)):
+                    codes = index.get_indexer(pd.Index(m[:, j], dtype=object))
+                    hit = codes >= 0
+                    out[np.nonzero(hit)[0], offset + codes[hit]] = 1.0
                 return out
 
             ops.append(onehot)
@@ -184,9 +207,6 @@ def compile_column_transformer(ct: ColumnTransformer) -> Callable[[Columns], Mat
 
 
 # ------------------------------------------------------------------------------- estimators
-# Below this many rows a request walks the trees in numpy (no per-call library overhead); above
-# it XGBoost's multi-threaded ``inplace_predict`` is faster.
-SMALL_BATCH_ROWS = 64
 
 
 class _TreeArrays:

@@ -81,35 +81,38 @@ class Predictor:
         return self.scores_columns(to_columns(records, self.spec.fields))
 
     # -- outputs --------------------------------------------------------------------------------
-    def _outputs(self, scores: np.ndarray, cols: Callable[[], Columns]) -> dict[str, Any]:
-        if self.spec.task == "classification":
-            assert self.threshold is not None
-            out: dict[str, Any] = {
-                "probability": scores,
-                "prediction": (scores >= self.threshold).astype(int),
-            }
-            if self.spec.extra_outputs is not None:
-                extra = self.spec.extra_outputs(cols(), scores, self)
-                for col in self.spec.extra_output_columns:
-                    out[col] = np.asarray(extra[col])
-            return out
-        low, high = self.model.interval_from_point(scores)
-        t = self.spec.target
-        return {t: scores, f"{t}_low": low, f"{t}_high": high}
+    def _outputs(self, cols: Columns) -> dict[str, Any]:
+        """Every output column for typed field columns."""
+        spec = self.spec
+        if spec.task == "regression":
+            scores = self.scores_columns(cols)
+            low, high = self.model.interval_from_point(scores)
+            t = spec.target
+            return {t: scores, f"{t}_low": low, f"{t}_high": high}
+        assert self.threshold is not None
+        extra: dict[str, Any] | None = None
+        if spec.extra_outputs is not None and spec.extra_outputs_score:
+            extra = dict(spec.extra_outputs(cols, None, self))
+            scores = np.asarray(extra.pop("probability"), dtype=np.float64)
+        else:
+            scores = self.scores_columns(cols)
+            if spec.extra_outputs is not None:
+                extra = dict(spec.extra_outputs(cols, scores, self))
+        out: dict[str, Any] = {"probability": scores, "prediction": (scores >= self.threshold).astype(int)}
+        if extra is not None:
+            for col in spec.extra_output_columns:
+                out[col] = np.asarray(extra[col])
+        return out
 
     def predict_frame(self, typed: pd.DataFrame) -> pd.DataFrame:
         """Batch path: rows already validated and typed (``schema.validate_frame``)."""
-        cols = frame_to_columns(typed, self.spec.fields)
-        scores = self.scores_columns(cols)
-        out = self._outputs(scores, lambda: cols)
+        out = self._outputs(frame_to_columns(typed, self.spec.fields))
         return pd.DataFrame(out, index=typed.index)
 
     def predict_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         """API path: records already validated by the request model; no DataFrame on the
         compiled path."""
-        cols = to_columns(records, self.spec.fields)
-        scores = self.scores_columns(cols)
-        out = self._outputs(scores, lambda: cols)
+        out = self._outputs(to_columns(records, self.spec.fields))
         keys = list(out)
         columns = [out[k].tolist() for k in keys]
         return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]

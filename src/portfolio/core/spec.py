@@ -68,6 +68,10 @@ class ServiceSpec:
     # {column: sequence}. Columns, not a DataFrame: this runs on every API request.
     extra_outputs: Callable[[dict[str, Any], Any, Any], Mapping[str, Any]] | None = None
     extra_output_columns: tuple[str, ...] = ()
+    # True: ``extra_outputs`` is called with probabilities None, scores the rows itself in the
+    # same model call as the rows it needs (telecom: the reference substitutions behind
+    # top_factors) and returns them as ``probability``. Saves one model call per request.
+    extra_outputs_score: bool = False
 
     @property
     def feature_names(self) -> list[str]:

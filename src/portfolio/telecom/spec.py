@@ -41,6 +41,7 @@ from portfolio.core.explain import (
     ReferenceProfile,
     find_step,
     reference_contributions_columns,
+    reference_scores_and_contributions,
     top_factors_columns,
 )
 from portfolio.core.features import tabular_preprocessor
@@ -262,21 +263,31 @@ def risk_tiers(proba: np.ndarray, threshold: float) -> np.ndarray:
     return np.where(proba >= high_from, "high", np.where(proba >= threshold, "medium", "low"))
 
 
-def customer_intelligence(cols: dict[str, np.ndarray], proba: np.ndarray, predictor: Any) -> dict[str, Any]:
-    """Extra output columns per customer: ``at_risk``, ``risk_tier`` and ``top_factors``.
+def customer_intelligence(
+    cols: dict[str, np.ndarray], proba: np.ndarray | None, predictor: Any
+) -> dict[str, Any]:
+    """Extra output columns per customer: ``at_risk``, ``risk_tier`` and ``top_factors``, plus
+    ``probability`` itself when ``proba`` is None (``extra_outputs_score``): the rows are then
+    scored in the same model call as their reference substitutions.
 
     ``cols`` are the typed input fields as numpy columns; ``predictor`` is the core's
     ``Predictor``, whose ``scores_columns`` (the compiled fast path when available) scores the
-    reference-substituted rows in one call."""
+    reference-substituted rows."""
     threshold = float(predictor.threshold)
     profile = find_step(predictor.model, ReferenceProfile)
     if profile is None:
         raise RuntimeError("telecom model has no ReferenceProfile step: retrain it with this version")
     names = list(predictor.spec.feature_names)
-    contributions = reference_contributions_columns(
-        predictor.scores_columns, cols, profile.reference_, base_score=proba, columns=names
-    )
+    if proba is None:
+        proba, contributions = reference_scores_and_contributions(
+            predictor.scores_columns, cols, profile.reference_, columns=names
+        )
+    else:
+        contributions = reference_contributions_columns(
+            predictor.scores_columns, cols, profile.reference_, base_score=proba, columns=names
+        )
     return {
+        "probability": proba,
         "at_risk": np.asarray(proba) >= threshold,
         "risk_tier": risk_tiers(proba, threshold),
         "top_factors": top_factors_columns(contributions, names, cols, k=3),
@@ -307,6 +318,7 @@ SPEC = ServiceSpec(
     fairness_groups=("gender", "SeniorCitizen"),
     extra_outputs=customer_intelligence,
     extra_output_columns=("at_risk", "risk_tier", "top_factors"),
+    extra_outputs_score=True,
     description=(
         "Churn risk of a telco customer: probability, at-risk flag at a recall-first threshold, "
         "risk tier (low/medium/high) and the three features that move this customer's score most."
