@@ -55,6 +55,10 @@ _DAY_NS = 86_400 * 10**9
 _DAYS_PER_YEAR = 365.2425
 # Age below this is treated as this (a car posted in its model year still has some use on it).
 MIN_AGE_YEARS = 0.5
+# Up to this many rows, values are normalised one by one and keys hashed and mixed in plain
+# Python: a handful of numpy calls per column cost more than the arithmetic itself (a one-listing
+# API request has 7 keys of ~10 columns).
+SMALL_ROWS = 8
 
 # PriceStats keys: name → columns (of VehicleFeatures' output) that must match.
 LISTING_KEY = (
@@ -105,12 +109,19 @@ def _missing(v: Any) -> bool:
     return v is None or v is pd.NA or (isinstance(v, float) and v != v)
 
 
+def _normalise(v: Any, missing: str) -> str:
+    return missing if _missing(v) else " ".join(str(v).lower().split()) or missing
+
+
 def _text(values: np.ndarray, missing: str = MISSING_CATEGORY) -> np.ndarray:
     """Object values → normalised text (lower-case, single spaces), ``missing`` for gaps."""
-    return np.array(
-        [missing if _missing(v) else " ".join(str(v).lower().split()) or missing for v in values],
-        dtype=object,
-    )
+    if len(values) <= SMALL_ROWS:
+        return np.array([_normalise(v, missing) for v in values], dtype=object)
+    # Batches repeat a few hundred distinct values: normalise each distinct value once
+    # (factorize puts every missing value under code -1, which picks the appended ``missing``).
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    table = np.array([*(_normalise(u, missing) for u in uniques), missing], dtype=object)
+    return table[codes]
 
 
 def _float(values: np.ndarray) -> np.ndarray:
@@ -132,9 +143,6 @@ def _days(values: np.ndarray) -> np.ndarray:
 
 _U64 = np.uint64
 _M64 = (1 << 64) - 1
-# Up to this many rows keys are hashed and mixed with plain Python: a handful of numpy calls per
-# column cost more than the arithmetic itself (a one-listing API request has 7 keys of ~10 columns).
-SMALL_ROWS = 8
 _NAN_BITS = _U64(0x7FF8DEADBEEF0001)  # one fixed bit pattern for every missing number
 
 
