@@ -374,7 +374,15 @@ class CategoryCodes(_ColumnTransformer):
     def transform_columns(self, cols: Columns) -> Columns:
         out = dict(cols)
         for c in self.columns:
-            values = np.asarray(["" if _missing(v) else str(v) for v in cols[c]], dtype=str)
-            pos, hit = _lookup(self.categories_[c], values)
-            out[c] = np.where(hit, pos.astype(np.float64), np.nan)
+            values = np.asarray(cols[c], dtype=object)
+            if len(values) <= SMALL_ROWS:
+                text = np.asarray(["" if _missing(v) else str(v) for v in values], dtype=str)
+                pos, hit = _lookup(self.categories_[c], text)
+                out[c] = np.where(hit, pos.astype(np.float64), np.nan)
+                continue
+            # Batches: look up each distinct value once (missing → code -1 → the appended "").
+            codes, uniques = pd.factorize(values)
+            text = np.asarray([*(str(u) for u in uniques), ""], dtype=str)
+            pos, hit = _lookup(self.categories_[c], text)
+            out[c] = np.where(hit, pos.astype(np.float64), np.nan)[codes]
         return out

@@ -37,6 +37,7 @@ Kind = Literal["int", "float", "category", "text", "date"]
 # Dates travel as datetime64[ns] (features, drift, the compiled fast path): outside this range a
 # date cannot be represented, so it is invalid input rather than an overflow further down.
 DATE_MIN, DATE_MAX = pd.Timestamp.min.ceil("D"), pd.Timestamp.max.floor("D")
+_DATE_MIN_PY, _DATE_MAX_PY = DATE_MIN.to_pydatetime(), DATE_MAX.to_pydatetime()  # cheap to compare
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def _date_check(date_format: str | None) -> Any:
         parsed = parse_date(text, date_format)
         if parsed is None:
             raise ValueError(f"not a date in the format {date_format or 'ISO 8601'} ({value!r})")
-        if not DATE_MIN <= parsed <= DATE_MAX:
+        if not _DATE_MIN_PY <= parsed <= _DATE_MAX_PY:
             raise ValueError(f"must be between {DATE_MIN:%Y-%m-%d} and {DATE_MAX:%Y-%m-%d} ({value!r})")
         return text
 
