@@ -104,7 +104,8 @@ def score_chunk(
         out = preds.reindex(chunk.index)
     else:
         out = pd.DataFrame(index=chunk.index, columns=predictor.output_columns, dtype=object)
-    out["error"] = result.errors
+    # Valid rows: no error (an empty cell in the CSV, not a quoted empty string).
+    out["error"] = result.errors.where(~valid, None)
     report.rows += len(chunk)
     report.failed += result.n_invalid
     for reason, n in result.summary()["by_reason"].items():
@@ -118,8 +119,6 @@ def _write_csv(frame: pd.DataFrame, fh: Any, header: bool) -> None:
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    # Valid rows have no error: write an empty cell rather than a quoted empty string.
-    frame = frame.assign(error=frame["error"].where(frame["error"] != "", None))
     table = pa.Table.from_pandas(frame, preserve_index=False)
     options = pacsv.WriteOptions(include_header=header, quoting_style="needed")
     sink = io.BytesIO()
