@@ -1,17 +1,23 @@
-"""Real `portfolio serve` processes for the reliability tests: uvicorn on a free loopback port,
-pointed at a test's isolated state."""
+"""Real trained services and real `portfolio serve` processes for the tests: one training run on
+the real data in an isolated state dir, and uvicorn on a free loopback port pointed at it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
 
+import pytest
+
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
 from portfolio.core.settings import Settings
-from tests.helpers import ROOT
+from portfolio.core.spec import ServiceSpec
+from portfolio.core.training import TrainOutcome
+from tests.conftest import make_settings
+from tests.helpers import ROOT, require
 
 
 def state_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -59,3 +65,46 @@ def live_api(service: str, env: dict[str, str], log_dir: Path, timeout: float = 
         yield api
     finally:
         stop(proc)
+
+
+def require_data(spec: ServiceSpec) -> Path:
+    """The service's raw CSV (skips locally, fails in CI when it is missing)."""
+    path = ROOT / "data" / "raw" / spec.data_file
+    require(path.exists(), f"raw data missing: {path.name} (run `make data`)")
+    return path
+
+
+@dataclass
+class TrainedService:
+    """One real ``train_service`` run on the real data, in its own state dir (own MLflow SQLite
+    store, model cache and model card)."""
+
+    spec: ServiceSpec
+    settings: Settings
+    outcome: TrainOutcome
+    seconds: float
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """Environment that points a `portfolio` subprocess (or the dashboard) at this state."""
+        return state_env(self.settings, **extra)
+
+    def apply_env(self, monkeypatch: pytest.MonkeyPatch, **extra: str) -> None:
+        """The same, for in-process code (Streamlit AppTest); the service's API-URL variables are
+        removed unless given, so a developer's own setting cannot leak into a test."""
+        for key, value in self.env(**extra).items():
+            monkeypatch.setenv(key, value)
+        name = self.spec.name.upper()
+        for key in (f"{name}_API_URL", f"PORTFOLIO_{name}_API_URL"):
+            if key not in extra:
+                monkeypatch.delenv(key, raising=False)
+
+
+def train_real(spec: ServiceSpec, tmp_path_factory: pytest.TempPathFactory) -> TrainedService:
+    """`train_service(spec)` on the real data, exactly as `portfolio train NAME` runs it."""
+    from portfolio.core.training import train_service
+
+    require_data(spec)
+    settings = make_settings(tmp_path_factory.mktemp(f"{spec.name}-state"))
+    begin = time.monotonic()
+    outcome = train_service(spec, settings)
+    return TrainedService(spec, settings, outcome, time.monotonic() - begin)

@@ -11,11 +11,12 @@ from streamlit.testing.v1 import AppTest
 from portfolio.carvision.dashboard import APP
 from portfolio.carvision.dashboard import data as D
 from portfolio.carvision.spec import SPEC
+from portfolio.carvision.spec import SPEC as CARVISION
 from portfolio.core import registry
 from portfolio.core.inference import Predictor
 from portfolio.core.processes import free_port
 from portfolio.core.settings import get_settings
-from tests.carvision.conftest import TrainedCarvision, require_carvision_data
+from tests.live import TrainedService, require_data
 
 pytestmark = pytest.mark.integration
 
@@ -38,13 +39,13 @@ def metrics(block: object) -> dict[str, str]:
 
 
 @pytest.fixture
-def app_env(carvision_trained: TrainedCarvision, monkeypatch: pytest.MonkeyPatch) -> TrainedCarvision:
-    require_carvision_data()
+def app_env(carvision_trained: TrainedService, monkeypatch: pytest.MonkeyPatch) -> TrainedService:
+    require_data(CARVISION)
     carvision_trained.apply_env(monkeypatch)
     return carvision_trained
 
 
-def test_overview_kpis_and_data_quality(app_env: TrainedCarvision) -> None:
+def test_overview_kpis_and_data_quality(app_env: TrainedService) -> None:
     at = run_app()
     tab = at.tabs[0]
     report = app_env.outcome.data_report
@@ -59,7 +60,7 @@ def test_overview_kpis_and_data_quality(app_env: TrainedCarvision) -> None:
     assert excluded["price_above_100000"] == report["cleaning"]["excluded_by_rule"]["price_above_100000"]
 
 
-def test_market_analysis_filters_drive_the_charts(app_env: TrainedCarvision) -> None:
+def test_market_analysis_filters_drive_the_charts(app_env: TrainedService) -> None:
     at = run_app()
     tab = at.tabs[1]
     assert len(tab.get("plotly_chart")) == 7
@@ -70,7 +71,7 @@ def test_market_analysis_filters_drive_the_charts(app_env: TrainedCarvision) -> 
     at.slider(key="prices").set_value((3000.0, 20000.0))
     at.run()
     assert not at.exception
-    market = D.load_market(require_carvision_data(), app_env.settings)
+    market = D.load_market(require_data(CARVISION), app_env.settings)
     expected = D.filter_listings(
         market.listings, ["toyota"], ["sedan"], ["excellent", "good"], (2008, 2016), (3000.0, 20000.0)
     )
@@ -87,7 +88,7 @@ def test_market_analysis_filters_drive_the_charts(app_env: TrainedCarvision) -> 
     assert any("No listings match" in w.value for w in at.tabs[1].warning)
 
 
-def test_model_metrics_from_mlflow(app_env: TrainedCarvision) -> None:
+def test_model_metrics_from_mlflow(app_env: TrainedService) -> None:
     at = run_app()
     tab = at.tabs[2]
     test = app_env.outcome.test
@@ -107,7 +108,7 @@ def test_model_metrics_from_mlflow(app_env: TrainedCarvision) -> None:
     assert "Champion: `xgboost` v1" in tab.caption[0].value
 
 
-def test_price_predictor_with_the_local_champion(app_env: TrainedCarvision) -> None:
+def test_price_predictor_with_the_local_champion(app_env: TrainedService) -> None:
     at = run_app()
     assert "local champion" in at.tabs[3].caption[0].value
     at.tabs[3].button[0].click()
@@ -125,7 +126,7 @@ def test_price_predictor_with_the_local_champion(app_env: TrainedCarvision) -> N
 
 
 def test_price_predictor_calls_the_api_over_http(
-    carvision_trained: TrainedCarvision, carvision_api: str, monkeypatch: pytest.MonkeyPatch
+    carvision_trained: TrainedService, carvision_api: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     carvision_trained.apply_env(monkeypatch, CARVISION_API_URL=carvision_api)
     at = run_app()
@@ -149,9 +150,9 @@ def test_price_predictor_calls_the_api_over_http(
 
 
 def test_clear_messages_when_no_model_is_trained(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, carvision_trained: TrainedCarvision
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, carvision_trained: TrainedService
 ) -> None:
-    require_carvision_data()
+    require_data(CARVISION)
     empty = tmp_path / "empty-state"
     monkeypatch.setenv("PORTFOLIO_STATE_DIR", str(empty))
     monkeypatch.setenv("PORTFOLIO_MODELS_DIR", str(empty / "models"))
@@ -169,7 +170,7 @@ def test_clear_messages_when_no_model_is_trained(
 
 
 def test_without_the_listings_file_the_model_sections_still_work(
-    app_env: TrainedCarvision, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    app_env: TrainedService, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A container has the registry but no data: Overview/Market say so, the model sections work."""
     monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(tmp_path))

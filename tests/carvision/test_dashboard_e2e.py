@@ -11,8 +11,8 @@ import pytest
 
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
 from tests.carvision.cdp import Chromium
-from tests.carvision.conftest import TrainedCarvision
 from tests.helpers import ROOT, ensure_apt
+from tests.live import TrainedService
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def open_tab(browser: Chromium, label: str, expect: str, timeout: float = 60) ->
 
 
 def test_dashboard_renders_all_sections_in_chromium(
-    carvision_trained: TrainedCarvision, carvision_api: str, tmp_path: Path
+    carvision_trained: TrainedService, carvision_api: str, tmp_path: Path
 ) -> None:
     binary = ensure_apt("chromium", "chromium")
     port = free_port()

@@ -13,14 +13,15 @@ from mlflow.tracking import MlflowClient
 
 from portfolio.carvision.spec import SPEC
 from portfolio.core import registry
-from tests.carvision.conftest import RECORD, TrainedCarvision, require_carvision_data
+from tests.carvision.conftest import RECORD
 from tests.core.parity import assert_fast_path_parity
 from tests.helpers import ROOT
+from tests.live import TrainedService, require_data
 
 pytestmark = pytest.mark.integration
 
 
-def portfolio(trained: TrainedCarvision, *args: str) -> subprocess.CompletedProcess[str]:
+def portfolio(trained: TrainedService, *args: str) -> subprocess.CompletedProcess[str]:
     import os
 
     return subprocess.run(
@@ -29,7 +30,7 @@ def portfolio(trained: TrainedCarvision, *args: str) -> subprocess.CompletedProc
     )  # fmt: skip
 
 
-def test_training_run_quality_candidates_and_interval(carvision_trained: TrainedCarvision) -> None:
+def test_training_run_quality_candidates_and_interval(carvision_trained: TrainedService) -> None:
     out = carvision_trained.outcome
     assert out.alias == "champion" and out.version == "1"
     # Both candidates were cross-validated; the champion is the best by CV RMSE.
@@ -51,7 +52,7 @@ def test_training_run_quality_candidates_and_interval(carvision_trained: Trained
 
 
 def test_mlflow_run_has_nested_candidates_importance_and_model_card(
-    carvision_trained: TrainedCarvision,
+    carvision_trained: TrainedService,
 ) -> None:
     registry.configure(carvision_trained.settings)
     client = MlflowClient()
@@ -72,8 +73,8 @@ def test_mlflow_run_has_nested_candidates_importance_and_model_card(
     assert "price_below_1000" in card and "coverage" in card
 
 
-def test_cli_predict_contract(carvision_trained: TrainedCarvision, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    raw = pd.read_csv(require_carvision_data(), dtype=str, keep_default_na=False).head(200)
+def test_cli_predict_contract(carvision_trained: TrainedService, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    raw = pd.read_csv(require_data(SPEC), dtype=str, keep_default_na=False).head(200)
     raw.loc[3, "condition"] = "mint"
     raw.loc[8, "odometer"] = "lots"
     raw.loc[12, "date_posted"] = "2018-13-45"
@@ -105,11 +106,11 @@ def test_cli_predict_contract(carvision_trained: TrainedCarvision, tmp_path) -> 
     assert np.allclose(price.to_numpy(), expected, rtol=1e-6)
 
 
-def test_cli_evaluate_on_a_labeled_file(carvision_trained: TrainedCarvision, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_evaluate_on_a_labeled_file(carvision_trained: TrainedService, tmp_path) -> None:  # type: ignore[no-untyped-def]
     sample = tmp_path / "labeled.csv"
-    pd.read_csv(require_carvision_data(), dtype=str, keep_default_na=False).sample(
-        1500, random_state=7
-    ).to_csv(sample, index=False)
+    pd.read_csv(require_data(SPEC), dtype=str, keep_default_na=False).sample(1500, random_state=7).to_csv(
+        sample, index=False
+    )
     r = portfolio(carvision_trained, "evaluate", "carvision", str(sample))
     assert r.returncode == 0, r.stderr
     body = json.loads(r.stdout)
@@ -151,6 +152,6 @@ def test_real_api_predict_returns_price_interval_and_version(carvision_api: str)
     assert info["name"] == "carvision" and info["outputs"] == ["price", "price_low", "price_high"]
 
 
-def test_fast_path_equals_the_registered_model(carvision_trained: TrainedCarvision) -> None:
+def test_fast_path_equals_the_registered_model(carvision_trained: TrainedService) -> None:
     """Issue 5: the compiled path prices 1,000 real listings within $0.01 of the MLflow model."""
-    assert_fast_path_parity(SPEC, carvision_trained.settings, require_carvision_data().parent)
+    assert_fast_path_parity(SPEC, carvision_trained.settings, require_data(SPEC).parent)

@@ -15,8 +15,9 @@ from sklearn.model_selection import StratifiedKFold
 from portfolio.core.data import load_training_data
 from portfolio.core.training import cross_validate, split
 from portfolio.telecom.spec import SPEC, soft_voting_pipeline
+from portfolio.telecom.spec import SPEC as TELECOM
 from tests.conftest import make_settings
-from tests.telecom.conftest import require_telecom_data
+from tests.live import require_data
 
 
 class RecordingUnderSampler(RandomUnderSampler):
@@ -35,7 +36,7 @@ class RecordingUnderSampler(RandomUnderSampler):
 
 
 def test_resampler_only_ever_sees_training_folds(tmp_path: Path) -> None:
-    require_telecom_data()
+    require_data(TELECOM)
     settings = make_settings(tmp_path / "state", cv_folds=5)
     ds = load_training_data(SPEC, settings)
     X_train, _, y_train, _ = split(SPEC, ds, settings)

@@ -14,19 +14,20 @@ import pandas as pd
 import pytest
 from sklearn.ensemble import VotingClassifier
 
-from portfolio.core import processes, registry
+from portfolio.core import registry
 from portfolio.core.inference import Predictor
 from portfolio.core.schema import validate_frame
 from portfolio.telecom.spec import MIN_RECALL, SPEC
 from tests.core.parity import assert_fast_path_parity
 from tests.helpers import ROOT
-from tests.telecom.conftest import DATA_FILE, TrainedTelecom
+from tests.live import TrainedService, live_api
+from tests.telecom.conftest import DATA_FILE
 
 pytestmark = pytest.mark.integration
 PORTFOLIO = str(ROOT / ".venv" / "bin" / "portfolio")
 
 
-def _cli(trained: TrainedTelecom, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli(trained: TrainedService, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [PORTFOLIO, *args],
         cwd=ROOT,
@@ -37,7 +38,7 @@ def _cli(trained: TrainedTelecom, *args: str) -> subprocess.CompletedProcess[str
     )
 
 
-def test_training_registers_a_loadable_soft_voting_champion(telecom_trained: TrainedTelecom) -> None:
+def test_training_registers_a_loadable_soft_voting_champion(telecom_trained: TrainedService) -> None:
     out = telecom_trained.outcome
     assert out.alias == "champion" and out.best == "soft_voting"
     # Well inside the time budget of `portfolio train telecom` (generous for a loaded CI box).
@@ -56,11 +57,11 @@ def test_training_registers_a_loadable_soft_voting_champion(telecom_trained: Tra
     assert len(vote.estimators_) >= 3
 
 
-def test_compiled_fast_path_matches_the_registered_model(telecom_trained: TrainedTelecom) -> None:
+def test_compiled_fast_path_matches_the_registered_model(telecom_trained: TrainedService) -> None:
     assert_fast_path_parity(SPEC, telecom_trained.settings, DATA_FILE.parent)
 
 
-def test_threshold_reaches_the_recall_target_out_of_fold(telecom_trained: TrainedTelecom) -> None:
+def test_threshold_reaches_the_recall_target_out_of_fold(telecom_trained: TrainedService) -> None:
     cv = telecom_trained.outcome.cv
     assert cv["recall"]["value"] >= MIN_RECALL >= 0.80
     # Sanity of the ranking quality (issue target on unseen data: ROC-AUC ≥ 0.855).
@@ -87,7 +88,7 @@ def _sample_input(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
     return path, rows
 
 
-def test_predict_cli_one_row_per_input_row_in_order(telecom_trained: TrainedTelecom, tmp_path: Path) -> None:
+def test_predict_cli_one_row_per_input_row_in_order(telecom_trained: TrainedService, tmp_path: Path) -> None:
     path, rows = _sample_input(tmp_path)
     result = _cli(telecom_trained, "predict", "telecom", str(path), "--output", str(tmp_path / "out.csv"))
     assert result.returncode == 0, result.stderr
@@ -118,7 +119,7 @@ def test_predict_cli_one_row_per_input_row_in_order(telecom_trained: TrainedTele
     assert (out.tail(2)["error"] == "").all() and (out.tail(2)["probability"] != "").all()
 
 
-def test_evaluate_cli_on_a_labeled_file(telecom_trained: TrainedTelecom, tmp_path: Path) -> None:
+def test_evaluate_cli_on_a_labeled_file(telecom_trained: TrainedService, tmp_path: Path) -> None:
     raw = _raw_text().head(400)
     raw.loc[3, "Churn"] = "unknown"
     path = tmp_path / "labeled.csv"
@@ -133,32 +134,17 @@ def test_evaluate_cli_on_a_labeled_file(telecom_trained: TrainedTelecom, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def api(telecom_trained: TrainedTelecom, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def api(telecom_trained: TrainedService, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `portfolio serve telecom` process (uvicorn) on a free loopback port."""
-    port = processes.free_port()
-    log = tmp_path_factory.mktemp("telecom-api") / "api.log"
-    proc = processes.start(
-        [PORTFOLIO, "serve", "telecom", "--port", str(port), "--host", "127.0.0.1"],
-        env=telecom_trained.env(),
-        log_file=log,
-        cwd=ROOT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        processes.wait_http(f"{base}/ready", timeout=120, proc=proc)
-        yield base
-    except Exception:
-        print(log.read_text())
-        raise
-    finally:
-        processes.stop(proc)
+    with live_api("telecom", telecom_trained.env(), tmp_path_factory.mktemp("telecom-api")) as served:
+        yield served.url
 
 
 def _record() -> dict[str, object]:
     return {f.name: f.example for f in SPEC.fields}
 
 
-def test_api_predict_returns_customer_intelligence(api: str, telecom_trained: TrainedTelecom) -> None:
+def test_api_predict_returns_customer_intelligence(api: str, telecom_trained: TrainedService) -> None:
     r = httpx.post(f"{api}/predict", json=_record(), timeout=30)
     assert r.status_code == 200, r.text
     body = r.json()
