@@ -100,6 +100,11 @@ def train(
         out.print(cand)
         if outcome.threshold is not None:
             out.print(f"threshold: {outcome.threshold:.4f}")
+        if outcome.refit_full:
+            out.print(
+                f"registered model refit on all {outcome.final_fit_rows} rows after evaluation "
+                "(figures above: training-split fit)"
+            )
         out.print(
             f"registered {spec.name} v{outcome.version} → alias [bold]{outcome.alias}[/bold] "
             f"({outcome.gate['reason']})"
@@ -217,11 +222,32 @@ def evaluate(
         "threshold": predictor.threshold,
         "metrics": metrics,
     }
+    note = _refit_holdout_note(spec, predictor.version) if holdout else None
+    if note:
+        result["note"] = note
     text = json.dumps(result, indent=2)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
     print(text)
+
+
+def _refit_holdout_note(spec: Any, version: str) -> str | None:
+    """A version refit on all rows has seen the hold-out: say so, with its honest figure."""
+    from portfolio.core import registry
+
+    try:
+        tags = registry.version_tags(spec.name, version)
+    except Exception:  # e.g. serving the cached champion: nothing to add
+        return None
+    if not registry.is_refit(tags):
+        return None
+    metric = spec.primary_metric
+    return (
+        f"v{version} was refit on all rows after its evaluation, hold-out included: these hold-out "
+        f"figures are in-sample. Its hold-out {metric} fitted on the training split only: "
+        f"{tags.get(registry.holdout_tag(metric), 'not recorded')}."
+    )
 
 
 @app.command()

@@ -113,3 +113,71 @@ def test_rows_failing_the_schema_are_excluded_and_reported(env: tuple[Settings, 
     assert report["rows_in_file"] == 801 and report["rows_used"] == 800
     assert report["schema"]["invalid_rows"] == 1
     assert any("x1" in r for r in report["schema"]["by_reason"])
+
+
+def _fitted_rows(model: Any) -> int:
+    """Rows the synthetic pipeline inside a wrapped model was fitted on (StandardScaler's count)."""
+    pipe = model.estimator_
+    return int(pipe.named_steps["prep"].named_transformers_["num"].named_steps["scale"].n_samples_seen_)
+
+
+def test_refit_full_registers_a_model_fitted_on_all_rows(tmp_path: Path) -> None:
+    spec = synthetic.REGRESSOR
+    data = tmp_path / "data"
+    data.mkdir()
+    synthetic.write_csv(data / "synth.csv", n=800)
+    split_only = make_settings(tmp_path / "split", data_dir=data, cv_folds=3)
+    refit = make_settings(tmp_path / "refit", data_dir=data, cv_folds=3)
+    twin = train_service(spec, split_only)
+    out = train_service(spec, refit, params={"refit_full": True})
+    assert not twin.refit_full and out.refit_full and out.final_fit_rows == 800
+
+    run = MlflowClient().get_run(out.run_id)
+    assert run.data.params["refit_full"] == "True" and run.data.params["final_fit_rows"] == "800"
+    assert run.data.params["train_rows"] == "640"
+    loaded = registry.load_champion(spec, refit)
+    assert _fitted_rows(loaded.model) == 800
+    tags = MlflowClient().get_model_version(spec.name, out.version).tags
+    assert tags["refit_full"] == "true" and float(tags["holdout_rmse"]) == out.test["rmse"]["value"]
+    # Same candidate and interval, but fitted on more rows: other predictions.
+    X = load_training_data(spec, refit).X.head(50)
+    refit_point = loaded.model.predict(X)
+    registry.configure(split_only)
+    split_model = registry.load_champion(spec, split_only).model
+    assert _fitted_rows(split_model) == 640
+    assert (loaded.model.q_low, loaded.model.q_high) == (split_model.q_low, split_model.q_high)
+    assert not np.allclose(refit_point, split_model.predict(X))
+    # Every reported figure is the split-fitted model's: identical to the run without refit.
+    assert out.test == twin.test and out.cv == twin.cv
+    card = (refit.resolved_models_dir / spec.name / "model_card.md").read_text()
+    assert "refit on all 800 rows" in card and "training split only (640 rows)" in card
+    # The drift reference profiles the rows the served model was fitted on, with its scores.
+    registry.configure(refit)
+    import mlflow
+
+    ref = mlflow.artifacts.load_dict(f"runs:/{out.run_id}/drift_reference.json")
+    assert ref["rows"] == 800 and ref["source"].startswith("all rows")
+
+
+def test_gate_uses_the_logged_holdout_metric_of_a_refit_champion(env: tuple[Settings, Path]) -> None:
+    settings, path = env
+    spec = synthetic.CLASSIFIER
+    first = train_service(spec, settings, params={"refit_full": True})
+    second = train_service(spec, settings, params={"refit_full": True})
+    gate = second.gate
+    assert gate["champion_version"] == first.version
+    assert gate["champion"] == first.test["roc_auc"]["value"]
+    assert gate["champion_source"] == "logged hold-out metric"
+    assert "logged hold-out metric" in gate["reason"] and "different" not in gate["reason"]
+    assert second.alias == "champion"  # same setup, same split-fitted hold-out score
+    card = (settings.resolved_models_dir / spec.name / "model_card.md").read_text()
+    assert "logged hold-out metric" in card
+    # A champion fitted on the training split only is re-evaluated, as before; when its run had
+    # other data, the scores are still compared and the reason says so.
+    third = train_service(spec, settings)
+    assert third.gate["champion_source"] == "logged hold-out metric" and third.alias == "champion"
+    synthetic.write_csv(path, n=800, seed=1)
+    fourth = train_service(spec, settings)
+    assert fourth.gate["champion_version"] == third.version
+    assert fourth.gate["champion_source"] == "re-evaluated on hold-out"
+    assert "re-evaluated on hold-out; its training run used a different data_md5" in fourth.gate["reason"]

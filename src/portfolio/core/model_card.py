@@ -30,7 +30,11 @@ def write_model_card(
     gate: dict[str, Any],
     params: dict[str, Any],
     fairness: dict[str, Any] | None = None,
+    train_rows: int | None = None,
+    final_fit_rows: int | None = None,
 ) -> Path:
+    """``final_fit_rows`` is set when the registered artifact was refit on all rows after the
+    evaluation (``refit_full``); every figure in the card is then from the training-split fit."""
     out = settings.resolved_models_dir / spec.name / "model_card.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -44,6 +48,19 @@ def write_model_card(
         f"{spec.primary_metric} of {len(candidates)} candidates).",
         f"- Hyper-parameters: `{params}`",
     ]
+    split_rows = f" ({train_rows} rows)" if train_rows is not None else ""
+    if final_fit_rows is not None:
+        lines.append(
+            f"- **Refit on all rows**: the registered artifact was refit on all {final_fit_rows} rows "
+            "(training split + hold-out) after the evaluation, with the same candidate, "
+            "hyper-parameters and "
+            + ("threshold" if spec.task == "classification" else "interval quantiles")
+            + ". The cross-validation and hold-out figures, plots, importance and fairness below are "
+            f"from the same setup fitted on the training split only{split_rows}; the registered "
+            "model has seen the hold-out rows, so re-scoring it there would be in-sample."
+        )
+    else:
+        lines.append(f"- Fitted on the training split{split_rows}; this is the registered artifact.")
     if threshold is not None:
         lines.append(
             f"- Decision threshold: **{threshold:.4f}**, chosen on out-of-fold predictions "
@@ -89,7 +106,15 @@ def write_model_card(
     lines.append("|---" * (len(cols) + 1) + "|")
     for name, vals in candidates.items():
         lines.append(f"| {name} | " + " | ".join(f"{vals.get(c, float('nan')):.4f}" for c in cols) + " |")
-    lines += ["", "## Champion gate", f"`{gate}`", "", "## Permutation importance (hold-out)", ""]
+    lines += ["", "## Champion gate"]
+    if gate.get("champion_version") is not None:
+        lines.append(
+            f"New v{gate.get('new_version')}: {gate.get('metric')} {gate.get('new')} (hold-out of the "
+            f"training-split fit) vs champion v{gate['champion_version']}: {gate.get('champion')} "
+            f"({gate.get('champion_source', 're-evaluated on hold-out')})."
+        )
+        lines.append("")
+    lines += [f"`{gate}`", "", "## Permutation importance (hold-out)", ""]
     for col, val in sorted(importance.items(), key=lambda kv: -kv[1]):
         lines.append(f"- {col}: {val:.4f}")
     if fairness is not None:

@@ -487,11 +487,18 @@ EXPLANATION_IMPORTANCE_ARTIFACT = "explanation_importance.json"
 
 
 def log_training_insights(
-    spec: ServiceSpec, model: Any, X_train: pd.DataFrame, X_test: pd.DataFrame, out_dir: Path, seed: int
+    spec: ServiceSpec,
+    model: Any,
+    X_train: pd.DataFrame,
+    X_test: pd.DataFrame,
+    out_dir: Path,
+    seed: int,
+    source: str = "training split",
 ) -> DriftReference:
     """Log to the active MLflow run what monitoring and explanations need later:
     ``drift_reference.json`` (the training profile, next to the model) and the global
-    explanation importance (mean |contribution| per field on hold-out rows, JSON + plot)."""
+    explanation importance (mean |contribution| per field on hold-out rows, JSON + plot).
+    ``model`` is the served model and ``X_train`` the rows it was fitted on (``source`` names them)."""
     import mlflow
 
     from portfolio.core.explain import TREE_SHAP, explain_frame, global_importance
@@ -502,7 +509,12 @@ def log_training_insights(
         scores = np.asarray(model.predict(X_train), dtype=float)
     threshold = getattr(model, "threshold", None)
     ref = DriftReference.from_frame(
-        spec, X_train, scores=scores, threshold=None if threshold is None else float(threshold), seed=seed
+        spec,
+        X_train,
+        scores=scores,
+        threshold=None if threshold is None else float(threshold),
+        source=source,
+        seed=seed,
     )
     mlflow.log_dict(ref.to_dict(), REFERENCE_ARTIFACT)
 

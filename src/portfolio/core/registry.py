@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -143,6 +143,48 @@ def champion_version(name: str) -> ModelVersion | None:
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
     MlflowClient().set_registered_model_alias(name, alias, str(version))
+
+
+# Version tags written at registration. A version refit on all rows (train + hold-out) after its
+# evaluation has seen the hold-out, so re-scoring it there would flatter it: the gate reads the
+# hold-out metric of its split-fitted twin from ``holdout_<metric>`` instead.
+REFIT_TAG = "refit_full"
+
+
+def holdout_tag(metric: str) -> str:
+    return f"holdout_{metric}"
+
+
+def version_tags(name: str, version: str | int) -> dict[str, str]:
+    return dict(MlflowClient().get_model_version(name, str(version)).tags or {})
+
+
+def is_refit(tags: Mapping[str, str]) -> bool:
+    return tags.get(REFIT_TAG) == "true"
+
+
+def logged_holdout_metric(tags: Mapping[str, str], metric: str) -> float | None:
+    """The recorded hold-out ``metric`` of a refit version (its split-fitted twin's); None when the
+    version was not refit or has no such tag."""
+    value = tags.get(holdout_tag(metric))
+    return float(value) if is_refit(tags) and value is not None else None
+
+
+def run_provenance(run_id: str | None) -> dict[str, str]:
+    """Data hash and split settings of a version's training run ({} when unavailable)."""
+    if not run_id:
+        return {}
+    try:
+        run = MlflowClient().get_run(run_id)
+    except MlflowException:
+        return {}
+    params, tags = run.data.params, run.data.tags
+    found = {
+        "data_md5": tags.get("data_md5"),
+        "test_size": params.get("test_size"),
+        "seed": params.get("seed"),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def promote(name: str, version: str | int) -> ModelVersion:

@@ -1,6 +1,11 @@
 """Estimator-agnostic training: split, cross-validate every candidate, choose the threshold (or
 calibrate the interval) on out-of-fold predictions, fit the winner, evaluate on the hold-out,
-log everything to MLflow, register a version and run the champion/challenger gate."""
+log everything to MLflow, register a version and run the champion/challenger gate.
+
+With ``refit_full: true`` in the service's params, the same candidate (same params, threshold or
+interval quantiles) is then fitted again on all rows and *that* model is registered; every figure
+(CV, hold-out, plots, importance, fairness, the gate's score) stays the one of the model fitted on
+the training split only."""
 
 from __future__ import annotations
 
@@ -39,6 +44,11 @@ from portfolio.core.spec import ServiceSpec
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
+# With refit_full: the split-fitted model's hold-out scores (the served model has seen those rows).
+HOLDOUT_PREDICTIONS_ARTIFACT = "holdout_predictions.json"
+# Where the gate's champion score came from.
+LOGGED = "logged hold-out metric"
+REEVALUATED = "re-evaluated on hold-out"
 
 
 def _no_progress(desc: str, done: int, total: int) -> None:
@@ -81,6 +91,8 @@ class TrainOutcome:
     candidates: dict[str, dict[str, float]]
     gate: dict[str, Any]
     data_report: dict[str, Any]
+    refit_full: bool = False
+    final_fit_rows: int = 0
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -93,6 +105,8 @@ class TrainOutcome:
             "test": self.test,
             "candidates": self.candidates,
             "gate": self.gate,
+            "refit_full": self.refit_full,
+            "final_fit_rows": self.final_fit_rows,
         }
 
 
@@ -177,6 +191,26 @@ def evaluate_model(
     return ev.evaluate_regressor(y, s["pred"], s["low"], s["high"], settings.bootstrap_rounds, settings.seed)
 
 
+def fit_final(
+    spec: ServiceSpec, best: CandidateResult, params: Mapping[str, Any], X: pd.DataFrame, y: pd.Series
+) -> Any:
+    """The chosen candidate wrapped with its out-of-fold threshold (classification) or interval
+    quantiles (regression), fitted on ``X``, ``y``."""
+    if spec.task == "classification":
+        assert best.threshold is not None
+        return FixedThresholdClassifier(
+            spec.candidates[best.name](params),
+            threshold=best.threshold,
+            response_method="predict_proba",
+        ).fit(X, y)
+    assert best.quantiles is not None
+    return IntervalRegressor(
+        spec.candidates[best.name](params),
+        *best.quantiles,
+        coverage=spec.interval_coverage,
+    ).fit(X, y)
+
+
 def split(spec: ServiceSpec, ds: Dataset, settings: Settings) -> tuple[Any, Any, Any, Any]:
     """The stratified hold-out. Same seed, same data → same split, so the gate compares a new
     model and the champion on identical rows."""
@@ -196,6 +230,7 @@ def train_service(
     registry.configure(settings)
     params = dict(params if params is not None else load_params(spec.name, settings))
     cand_params: dict[str, Any] = dict(params.get("candidates") or {})
+    refit_full = bool(params.get("refit_full", False))
     ds = load_training_data(spec, settings, data_path)
     X_train, X_test, y_train, y_test = split(spec, ds, settings)
     y_tr, y_te = y_train.to_numpy(), y_test.to_numpy()
@@ -230,21 +265,8 @@ def train_service(
                 best = res
         best_params = dict(cand_params.get(best.name) or {})
         progress(f"{spec.name}: fit {best.name}", 0, 1)
-        model: Any
-        if spec.task == "classification":
-            assert best.threshold is not None
-            model = FixedThresholdClassifier(
-                spec.candidates[best.name](best_params),
-                threshold=best.threshold,
-                response_method="predict_proba",
-            ).fit(X_train, y_train)
-        else:
-            assert best.quantiles is not None
-            model = IntervalRegressor(
-                spec.candidates[best.name](best_params),
-                *best.quantiles,
-                coverage=spec.interval_coverage,
-            ).fit(X_train, y_train)
+        # Fitted on the training split only: every reported figure comes from this model.
+        model = fit_final(spec, best, best_params, X_train, y_train)
         progress(f"{spec.name}: fit {best.name}", 1, 1)
         test = evaluate_model(spec, model, X_test, y_te, settings)
 
@@ -274,9 +296,33 @@ def train_service(
                 mlflow.log_artifact(str(p_), artifact_path="plots")
             mlflow.log_dict(importance, "feature_importance.json")
             mlflow.log_dict(ds.report(), "data_report.json")
-            # Drift reference + explanation importance (monitoring.py), per-group report (fairness.py).
-            log_training_insights(spec, model, X_train, X_test, tmp / "plots", settings.seed)
             fair = log_fairness(spec, X_test, y_te, scores.get("proba"), best.threshold)
+
+            # The served (logged, registered) model: the split-fitted one, or with refit_full a
+            # fresh fit of the same candidate/params/threshold/quantiles on all rows (dataset order).
+            served, fit_X = model, X_train
+            if refit_full:
+                progress(f"{spec.name}: refit {best.name} on all rows", 0, 1)
+                served, fit_X = fit_final(spec, best, best_params, ds.X, ds.y), ds.X
+                progress(f"{spec.name}: refit {best.name} on all rows", 1, 1)
+                # Re-scoring the hold-out with the served model would be in-sample, so the split
+                # model's hold-out predictions are kept for views that plot them (dashboard).
+                mlflow.log_dict(
+                    {"actual": y_te.tolist(), **{k: v.tolist() for k, v in scores.items()}},
+                    HOLDOUT_PREDICTIONS_ARTIFACT,
+                )
+            # Drift reference + explanation importance (monitoring.py). Both describe the served
+            # model: its reference is the rows it was fitted on, profiled with ITS scores (what
+            # live score drift is compared against), and its explanations are of ITS function.
+            log_training_insights(
+                spec,
+                served,
+                fit_X,
+                X_test,
+                tmp / "plots",
+                settings.seed,
+                source="all rows (refit after evaluation)" if refit_full else "training split",
+            )
 
             mlflow.log_params(
                 {
@@ -288,6 +334,8 @@ def train_service(
                     "seed": settings.seed,
                     "train_rows": len(X_train),
                     "test_rows": len(X_test),
+                    "refit_full": refit_full,
+                    "final_fit_rows": len(fit_X),
                 }
             )
             if spec.task == "classification":
@@ -306,9 +354,9 @@ def train_service(
             )
 
             example = X_train.head(5)
-            signature = infer_signature(example, model.predict(example))
+            signature = infer_signature(example, served.predict(example))
             info = mlflow.sklearn.log_model(
-                model,
+                served,
                 name="model",
                 serialization_format="skops",
                 skops_trusted_types=registry.trusted_types(spec),
@@ -330,8 +378,22 @@ def train_service(
 
             # Registration is the last step: an interrupted run never leaves a half-registered
             # version, and the alias moves only after the new version is complete.
-            mv = mlflow.register_model(info.model_uri, spec.name, tags={"sha256": sha})
-            gate = champion_gate(spec, settings, str(mv.version), test, X_test, y_te)
+            metric = spec.primary_metric
+            mv = mlflow.register_model(
+                info.model_uri,
+                spec.name,
+                tags={
+                    "sha256": sha,
+                    registry.REFIT_TAG: str(refit_full).lower(),
+                    registry.holdout_tag(metric): str(float(test[metric]["value"])),
+                },
+            )
+            provenance = {
+                "data_md5": ds.md5,
+                "test_size": str(settings.test_size),
+                "seed": str(settings.seed),
+            }
+            gate = champion_gate(spec, settings, str(mv.version), test, X_test, y_te, provenance=provenance)
             mlflow.log_dict(gate, "gate.json")
             card = write_model_card(
                 spec,
@@ -348,6 +410,8 @@ def train_service(
                 gate=gate,
                 params=best_params,
                 fairness=fair,
+                train_rows=len(X_train),
+                final_fit_rows=len(fit_X) if refit_full else None,
             )
             mlflow.log_artifact(str(card))
     return TrainOutcome(
@@ -362,6 +426,8 @@ def train_service(
         candidates=candidates_table,
         gate=gate,
         data_report=ds.report(),
+        refit_full=refit_full,
+        final_fit_rows=len(fit_X),
     )
 
 
@@ -372,9 +438,18 @@ def champion_gate(
     new_test: dict[str, dict[str, float]],
     X_test: pd.DataFrame,
     y_test: np.ndarray,
+    *,
+    provenance: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Move ``champion`` to the new version only if it is not worse than the current champion on
-    the same hold-out rows; otherwise the new version becomes ``challenger``."""
+    the same hold-out rows; otherwise the new version becomes ``challenger``.
+
+    ``new_test`` is always the hold-out metric of a model fitted on the training split (also for a
+    refit version). A champion that was refit on all rows has seen these rows, so its recorded
+    hold-out metric (``holdout_<metric>`` tag) is used instead of re-scoring it; any other champion
+    is re-evaluated on ``X_test``. ``provenance`` (data md5, test_size, seed of the new run) is
+    compared with the champion's run: a difference is noted in the reason (the scores are still
+    compared)."""
     metric = spec.primary_metric
     new_score = new_test[metric]["value"]
     current = registry.champion_version(spec.name)
@@ -382,18 +457,33 @@ def champion_gate(
     if current is None:
         registry.set_alias(spec.name, registry.CHAMPION, new_version)
         return result | {"alias": registry.CHAMPION, "champion_version": None, "reason": "first model"}
-    try:
-        champ = registry.load_version(spec, settings, current.version)
-        champ_score = evaluate_model(spec, champ.model, X_test, y_test, settings)[metric]["value"]
-    except Exception as exc:  # an unreadable champion must not block a good new model
-        log.warning("current champion v%s could not be evaluated: %s", current.version, exc)
-        champ_score = None
-    result |= {"champion_version": str(current.version), "champion": champ_score}
+    champ_score = registry.logged_holdout_metric(current.tags or {}, metric)
+    source = LOGGED
+    if champ_score is None:
+        source = REEVALUATED
+        try:
+            champ = registry.load_version(spec, settings, current.version)
+            champ_score = evaluate_model(spec, champ.model, X_test, y_test, settings)[metric]["value"]
+        except Exception as exc:  # an unreadable champion must not block a good new model
+            log.warning("current champion v%s could not be evaluated: %s", current.version, exc)
+            champ_score, source = None, "unavailable (champion could not be evaluated)"
+    result |= {"champion_version": str(current.version), "champion": champ_score, "champion_source": source}
+    note = f"champion's score: {source}"
+    if provenance:
+        theirs = registry.run_provenance(current.run_id)
+        differs = sorted(k for k, v in provenance.items() if k in theirs and theirs[k] != v)
+        if differs:
+            why = (
+                "its logged metric is from other hold-out rows"
+                if source == LOGGED
+                else "it may have been trained on some of these hold-out rows"
+            )
+            note += f"; its training run used a different {', '.join(differs)}: {why}"
     if champ_score is None or _better(spec, new_score, champ_score):
         registry.set_alias(spec.name, registry.CHAMPION, new_version)
-        return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion"}
+        return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion ({note})"}
     registry.set_alias(spec.name, registry.CHALLENGER, new_version)
-    return result | {"alias": registry.CHALLENGER, "reason": f"{metric} worse than champion"}
+    return result | {"alias": registry.CHALLENGER, "reason": f"{metric} worse than champion ({note})"}
 
 
 def _pip_requirements() -> list[str]:

@@ -52,6 +52,11 @@ def holdout(tracking_uri: str, version: str, path: str, mtime: float) -> pd.Data
     return D.holdout_predictions(get_settings(), local_predictor(tracking_uri, version), Path(path))
 
 
+@st.cache_data(show_spinner="Loading the hold-out predictions…")
+def logged_holdout(tracking_uri: str, run_id: str) -> pd.DataFrame:
+    return D.logged_holdout_predictions(get_settings(), run_id)
+
+
 def money(x: float) -> str:
     return "-" if x is None or not np.isfinite(x) else f"${x:,.0f}"
 
@@ -186,9 +191,17 @@ def model_metrics(c: D.Champion | None, path: Path | None, mtime: float, setting
     if c is None:
         st.info(NO_MODEL)
         return
+    refit = (
+        f" The served model was then refit on all {c.params.get('final_fit_rows', '?')} rows (hold-out "
+        f"included); every figure here is from the same setup fitted on the training split only "
+        f"({c.params.get('train_rows', '?')} rows)."
+        if c.refit
+        else ""
+    )
     st.caption(
         f"Champion: `{c.model_name}` v{c.version} (MLflow run `{c.run_id[:8]}`). 95% bootstrap intervals in "
         "brackets; cross-validation = out-of-fold on the training split, hold-out = the 20% never trained on."
+        + refit
     )
     rows = []
     for metric in D.METRICS:
@@ -230,7 +243,12 @@ def model_metrics(c: D.Champion | None, path: Path | None, mtime: float, setting
         b.dataframe(cand[show].round(4), hide_index=True, width="stretch")
 
     ho = None
-    if path is None:
+    if c.refit:  # the champion has seen the hold-out: plot its training-split fit's logged scores
+        try:
+            ho = logged_holdout(settings.tracking_uri, c.run_id)
+        except Exception as exc:
+            st.warning(f"Hold-out predictions unavailable: {exc}")
+    elif path is None:
         st.info("Hold-out plots need the listings data (see Overview); the metrics above come from MLflow.")
     else:
         try:
@@ -239,6 +257,8 @@ def model_metrics(c: D.Champion | None, path: Path | None, mtime: float, setting
             st.warning(f"Hold-out predictions unavailable: {exc}")
     if ho is not None:
         st.subheader("Hold-out predictions")
+        if c.refit:
+            st.caption("Scores of the training-split fit, as logged by the training run.")
         sample = ho.sample(min(len(ho), 4000), random_state=0)
         a, b = st.columns(2)
         top = float(max(ho["actual"].max(), ho["predicted"].max()))

@@ -143,6 +143,11 @@ class Champion:
         m = self.metrics
         return m[key], m.get(f"{key}_ci_low", np.nan), m.get(f"{key}_ci_high", np.nan)
 
+    @property
+    def refit(self) -> bool:
+        """Was the registered model refit on all rows after its evaluation (``refit_full``)?"""
+        return self.params.get("refit_full") == "True"
+
 
 def champion_info(settings: Settings) -> Champion | None:
     """The champion's run in MLflow (None when nothing is registered yet)."""
@@ -200,14 +205,31 @@ def holdout_predictions(settings: Settings, predictor: Any, path: Path) -> pd.Da
     ds = load_training_data(SPEC, settings, path)
     _, X_test, _, y_test = split(SPEC, ds, settings)
     pred = predictor.predict_frame(X_test)
-    out = pd.DataFrame(
-        {
-            "actual": y_test.to_numpy(),
-            "predicted": pred["price"].to_numpy(),
-            "low": pred["price_low"].to_numpy(),
-            "high": pred["price_high"].to_numpy(),
-        }
+    return _holdout_frame(
+        y_test.to_numpy(),
+        pred["price"].to_numpy(),
+        pred["price_low"].to_numpy(),
+        pred["price_high"].to_numpy(),
     )
+
+
+def logged_holdout_predictions(settings: Settings, run_id: str) -> pd.DataFrame:
+    """For a champion refit on all rows: the hold-out predictions of its training-split fit, as
+    the training run logged them (the champion itself has seen these rows)."""
+    import mlflow
+
+    from portfolio.core import registry
+    from portfolio.core.training import HOLDOUT_PREDICTIONS_ARTIFACT
+
+    registry.configure(settings)
+    data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{HOLDOUT_PREDICTIONS_ARTIFACT}")
+    return _holdout_frame(*(np.asarray(data[k], dtype=float) for k in ("actual", "pred", "low", "high")))
+
+
+def _holdout_frame(
+    actual: np.ndarray, predicted: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> pd.DataFrame:
+    out = pd.DataFrame({"actual": actual, "predicted": predicted, "low": low, "high": high})
     out["residual"] = out["actual"] - out["predicted"]
     out["covered"] = (out["actual"] >= out["low"]) & (out["actual"] <= out["high"])
     return out
