@@ -107,6 +107,7 @@ def cli_throughput(settings: Settings) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "in.csv", Path(tmp) / "out.csv"
         big.to_csv(src, index=False)
+        input_mb = src.stat().st_size / 1e6
         t = time.perf_counter()
         cmd = [bin_path("portfolio"), "predict", "bankchurn", str(src), "--output", str(dst)]
         env = {**os.environ, "MLFLOW_TRACKING_URI": settings.tracking_uri}
@@ -132,7 +133,7 @@ def cli_throughput(settings: Settings) -> dict[str, float]:
         "rows_per_s": CLI_ROWS / max(elapsed - startup, 1e-9),
         "rows_per_s_incl_startup": CLI_ROWS / elapsed,
         "max_rss_mb": rss_kb / 1024,
-        "input_mb": src.stat().st_size / 1e6 if src.exists() else float("nan"),
+        "input_mb": input_mb,
     }
 
 
