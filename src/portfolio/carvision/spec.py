@@ -211,7 +211,8 @@ SPEC = ServiceSpec(
         "support, not an appraisal."
     ),
     limitations=(
-        "Trained on ~34k listings posted May 2018-April 2019 (one US marketplace); prices drift with the "
+        "Trained on ~43k listings (all usable rows, refit after evaluation) posted May 2018-April 2019 "
+        "(one US marketplace); prices drift with the "
         "market, so retrain on fresh listings. Listings outside $1,000-$100,000 were excluded from training "
         "(cleaning rules) and are out of scope. About one listing in five is a re-post of a car already in "
         "the training data; those are priced far more accurately than genuinely new cars, so expect a "
