@@ -241,3 +241,23 @@ def test_group_keys_are_the_same_for_small_and_large_inputs() -> None:
     assert large.dtype == small.dtype == np.uint64
     assert np.array_equal(large, small)
     assert len(np.unique(large)) > 10  # the keys do tell rows apart
+
+
+def test_price_stats_small_requests_match_the_batch_path() -> None:
+    """Up to SMALL_ROWS rows are looked up in plain Python: same statistics as the numpy path,
+    for listings with and without a match (unseen model, missing values)."""
+    from portfolio.carvision.features import SMALL_ROWS
+
+    X, y = typed(raw_frame(200))
+    feats = VehicleFeatures().fit(X).transform(X)
+    ps = PriceStats().fit(feats, y)
+    query = pd.concat([feats.head(20), feats.head(3).assign(model="tesla model s", odometer=np.nan)])
+    query = query.reset_index(drop=True)
+    cols = {c: query[c].to_numpy() for c in query.columns}
+    large = ps.transform_columns(cols)
+    for start in range(0, len(query), SMALL_ROWS):
+        small = ps.transform_columns({c: v[start : start + SMALL_ROWS] for c, v in cols.items()})
+        for name in ps.output_names():
+            assert np.array_equal(small[name], large[name][start : start + SMALL_ROWS], equal_nan=True), name
+    assert (large["same_listing_n"][:20] >= 1).all()  # every training listing finds itself
+    assert np.isnan(large["model_logprice"][-3:]).all() and (large["model_n"][-3:] == 0).all()

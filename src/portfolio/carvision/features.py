@@ -18,6 +18,7 @@ Pipeline (see ``spec.py``):
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,6 +145,7 @@ def _days(values: np.ndarray) -> np.ndarray:
 _U64 = np.uint64
 _M64 = (1 << 64) - 1
 _NAN_BITS = _U64(0x7FF8DEADBEEF0001)  # one fixed bit pattern for every missing number
+_F64, _F64_BITS = struct.Struct("<d"), struct.Struct("<Q")  # a float's bits, as numpy's view gives them
 
 
 def _mix(z: np.ndarray) -> np.ndarray:
@@ -157,13 +159,17 @@ def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
+def _key_part_small(values: np.ndarray) -> list[int]:
+    """``_key_part`` for a few values, as Python ints (no numpy call per value)."""
+    if values.dtype == object:
+        return [_stable_hash("∅" if _missing(v) else str(v)) for v in values]
+    nan_bits = int(_NAN_BITS)
+    return [nan_bits if v != v else _F64_BITS.unpack(_F64.pack(v))[0] for v in values.tolist()]
+
+
 def _key_part(values: np.ndarray) -> np.ndarray:
     """One uint64 per value, identical in every process: numbers by their float64 bits (missing
     → one fixed pattern), text by an unkeyed BLAKE2b of the string (missing → "∅")."""
-    if values.dtype == object and len(values) <= SMALL_ROWS:  # no np.unique for a few values
-        return np.fromiter(
-            (_stable_hash("∅" if _missing(v) else str(v)) for v in values), dtype=_U64, count=len(values)
-        )
     if values.dtype == object:
         text = np.asarray(["∅" if _missing(v) else str(v) for v in values], dtype=str)
         uniq, inverse = np.unique(text, return_inverse=True)
@@ -182,7 +188,7 @@ def _mix_int(z: int) -> int:
     return z ^ (z >> 31)
 
 
-def group_keys(cols: Columns, names: Sequence[str], parts: dict[str, np.ndarray] | None = None) -> np.ndarray:
+def group_keys(cols: Columns, names: Sequence[str], parts: dict[str, Any] | None = None) -> np.ndarray:
     """One 64-bit key per row from the given columns (a missing value is a value of its own).
     ``parts`` caches the per-column hashes when several keys share columns."""
     parts = {} if parts is None else parts
@@ -190,12 +196,12 @@ def group_keys(cols: Columns, names: Sequence[str], parts: dict[str, np.ndarray]
     if n <= SMALL_ROWS:
         for name in names:
             if name not in parts:
-                parts[name] = _key_part(cols[name])
+                parts[name] = _key_part_small(cols[name])
         out = []
         for r in range(n):
             k = 0x243F6A8885A308D3
             for i, name in enumerate(names):
-                k = _mix_int(k ^ _mix_int((int(parts[name][r]) + i) & _M64))
+                k = _mix_int(k ^ _mix_int((parts[name][r] + i) & _M64))
             out.append(k)
         return np.asarray(out, dtype=_U64)
     with np.errstate(over="ignore"):
@@ -345,12 +351,27 @@ class PriceStats(_ColumnTransformer):
 
     def transform_columns(self, cols: Columns) -> Columns:
         out = dict(cols)
-        parts: dict[str, np.ndarray] = {}
+        parts: dict[str, Any] = {}
+        small = len(next(iter(cols.values()))) <= SMALL_ROWS
         for name, key_cols in self.groups:
             table = (self.keys_[name], self.means_[name], self.counts_[name])
             keys = group_keys(cols, key_cols, parts)
-            out[f"{name}_logprice"], out[f"{name}_n"] = self._apply(table, keys)
+            apply = self._apply_small if small else self._apply
+            out[f"{name}_logprice"], out[f"{name}_n"] = apply(table, keys)
         return out
+
+    @staticmethod
+    def _apply_small(
+        table: tuple[np.ndarray, np.ndarray, np.ndarray], keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``_apply`` for a few rows: one binary search each, the rest in plain Python."""
+        uniq, means, counts = table
+        mean, count = [np.nan] * len(keys), [0.0] * len(keys)
+        if len(uniq):
+            for i, (p, k) in enumerate(zip(uniq.searchsorted(keys).tolist(), keys.tolist(), strict=True)):
+                if p < len(uniq) and int(uniq[p]) == k:
+                    mean[i], count[i] = float(means[p]), float(counts[p])
+        return np.asarray(mean, dtype=np.float64), np.asarray(count, dtype=np.float64)
 
     def output_names(self) -> list[str]:
         return [f"{name}_{s}" for name, _ in self.groups for s in ("logprice", "n")]

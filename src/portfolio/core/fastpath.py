@@ -242,6 +242,9 @@ class _TreeArrays:
         self.threshold = np.where(leaf_all, np.inf, np.concatenate(threshold)).astype(np.float64)
         self.children = np.concatenate(children).reshape(-1).astype(np.intp)
         self.nan_left = np.concatenate(nan_left).astype(bool)
+        # Nodes that send a missing value left read the -inf copy in ``leaf_values`` (column +width).
+        self._reads_low_copy = (self.nan_left & ~leaf_all).astype(np.intp)
+        self._doubled_feature: dict[int, np.ndarray] = {}
         self.value = np.concatenate(value).astype(np.float64)
         self.roots = offsets.astype(np.intp)
         self.depth = int(depth)
@@ -251,17 +254,25 @@ class _TreeArrays:
         """rows x trees matrix of the leaf value each row reaches in each tree."""
         x = np.asarray(m, dtype=np.float32).astype(np.float64)
         n, width = x.shape
+        feature = self.feature
+        missing = np.isnan(x)
+        if missing.any():
+            # Missing values follow each node's default direction without a per-level NaN test:
+            # every row carries two copies of its values, one with NaN (compares False: "go
+            # right", even past scikit-learn's threshold=inf splits on missingness) and one with
+            # -inf ("go left"), and a node whose default is left reads the second.
+            x = np.hstack([x, np.where(missing, -np.inf, x)])
+            feature = self._doubled_feature.get(width)
+            if feature is None:
+                feature = self._doubled_feature[width] = self.feature + self._reads_low_copy * width
+            width *= 2
         flat = x.reshape(-1)
         row_base = (np.arange(n, dtype=np.intp) * width)[:, None]
         node = np.broadcast_to(self.roots, (n, len(self.roots))).copy()
-        has_nan = bool(np.isnan(flat).any())
-        feature, threshold, children, nan_left = self.feature, self.threshold, self.children, self.nan_left
+        threshold, children = self.threshold, self.children
         for _ in range(self.depth):  # ``take`` is markedly faster than fancy indexing here
             v = flat.take(row_base + feature.take(node))
-            t = threshold.take(node)
-            go_right = ~(v < t) if self.strict else ~(v <= t)
-            if has_nan:  # NaN compares False: it went right; send it left where the node says so
-                go_right &= ~(np.isnan(v) & nan_left.take(node))
+            go_right = ~(v < threshold.take(node)) if self.strict else ~(v <= threshold.take(node))
             node = children.take(2 * node + go_right)
         return np.asarray(self.value.take(node))
 
