@@ -254,7 +254,7 @@ class _TreeArrays:
         """rows x trees matrix of the leaf value each row reaches in each tree."""
         x = np.asarray(m, dtype=np.float32).astype(np.float64)
         n, width = x.shape
-        feature = self.feature
+        feature: np.ndarray = self.feature
         missing = np.isnan(x)
         if missing.any():
             # Missing values follow each node's default direction without a per-level NaN test:
@@ -262,9 +262,9 @@ class _TreeArrays:
             # right", even past scikit-learn's threshold=inf splits on missingness) and one with
             # -inf ("go left"), and a node whose default is left reads the second.
             x = np.hstack([x, np.where(missing, -np.inf, x)])
-            feature = self._doubled_feature.get(width)
-            if feature is None:
-                feature = self._doubled_feature[width] = self.feature + self._reads_low_copy * width
+            if width not in self._doubled_feature:
+                self._doubled_feature[width] = self.feature + self._reads_low_copy * width
+            feature = self._doubled_feature[width]
             width *= 2
         flat = x.reshape(-1)
         row_base = (np.arange(n, dtype=np.intp) * width)[:, None]
