@@ -224,7 +224,26 @@ def evaluate(
     }
     note = _refit_holdout_note(spec, predictor.version) if holdout else None
     if note:
-        result["note"] = note
+        # A refit version has seen the hold-out: `metrics` (what `dvc metrics show` and
+        # `dvc metrics diff` read) are the hold-out figures its training run logged for the
+        # same setup fitted on the training split; the re-scored ones are kept apart.
+        from portfolio.core import registry
+        from portfolio.core.evaluation import unflatten
+
+        logged = (
+            unflatten("test", registry.run_metrics(predictor.loaded.run_id))
+            if predictor.loaded.run_id
+            else {}
+        )
+        if logged:
+            result["metrics"] = logged
+            result["metrics_source"] = "logged hold-out metrics of the training-split fit"
+            result["in_sample_metrics"] = metrics
+            result["note"] = note
+        else:  # the training run is not reachable: keep the re-score, flagged as in-sample
+            result["note"] = (
+                f"v{predictor.version} was refit on all rows: these hold-out figures are in-sample."
+            )
     text = json.dumps(result, indent=2)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -244,9 +263,10 @@ def _refit_holdout_note(spec: Any, version: str) -> str | None:
         return None
     metric = spec.primary_metric
     return (
-        f"v{version} was refit on all rows after its evaluation, hold-out included: these hold-out "
-        f"figures are in-sample. Its hold-out {metric} fitted on the training split only: "
-        f"{tags.get(registry.holdout_tag(metric), 'not recorded')}."
+        f"v{version} was refit on all rows after its evaluation, hold-out included, so re-scoring it "
+        "there is in-sample (`in_sample_metrics`). `metrics` are the hold-out figures its training "
+        f"run logged for the same setup fitted on the training split only ({metric} "
+        f"{tags.get(registry.holdout_tag(metric), 'not recorded')})."
     )
 
 

@@ -106,6 +106,24 @@ def test_cli_predict_contract(carvision_trained: TrainedService, tmp_path) -> No
     assert np.allclose(price.to_numpy(), expected, rtol=1e-6)
 
 
+def test_cli_evaluate_holdout_of_a_refit_champion_reports_its_honest_figures(
+    carvision_trained: TrainedService,
+) -> None:
+    """The CarVision champion is refit on all rows (params.yaml), hold-out included: `evaluate
+    --holdout` (the DVC evaluate stage) must report the hold-out figures of the training-split fit,
+    not the flattering in-sample re-score, and say so."""
+    assert carvision_trained.outcome.refit_full
+    r = portfolio(carvision_trained, "evaluate", "carvision", "--holdout")
+    assert r.returncode == 0, r.stderr
+    body = json.loads(r.stdout)
+    honest = carvision_trained.outcome.test["rmse"]
+    assert body["metrics"]["rmse"]["value"] == pytest.approx(honest["value"])
+    assert body["metrics"]["rmse"]["ci_low"] == pytest.approx(honest["ci_low"])
+    assert body["metrics_source"] == "logged hold-out metrics of the training-split fit"
+    assert body["in_sample_metrics"]["rmse"]["value"] < 0.8 * honest["value"]  # it has seen these rows
+    assert "refit on all rows" in body["note"]
+
+
 def test_cli_evaluate_on_a_labeled_file(carvision_trained: TrainedService, tmp_path) -> None:  # type: ignore[no-untyped-def]
     sample = tmp_path / "labeled.csv"
     pd.read_csv(require_data(SPEC), dtype=str, keep_default_na=False).sample(1500, random_state=7).to_csv(

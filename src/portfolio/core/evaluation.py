@@ -182,6 +182,22 @@ def flatten(prefix: str, metrics: dict[str, dict[str, float]]) -> dict[str, floa
     return out
 
 
+def unflatten(prefix: str, flat: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The inverse of ``flatten`` for the metrics that carry ``prefix``."""
+    out: dict[str, dict[str, float]] = {}
+    start = f"{prefix}_"
+    for key, value in flat.items():
+        if not key.startswith(start) or key.endswith(("_ci_low", "_ci_high")):
+            continue
+        name = key[len(start) :]
+        out[name] = {
+            "value": value,
+            "ci_low": flat.get(f"{key}_ci_low", float("nan")),
+            "ci_high": flat.get(f"{key}_ci_high", float("nan")),
+        }
+    return out
+
+
 def classification_plots(
     y: np.ndarray, proba: np.ndarray, threshold: float, out_dir: Path, title: str
 ) -> list[Path]:
