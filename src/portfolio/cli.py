@@ -227,14 +227,10 @@ def evaluate(
         # A refit version has seen the hold-out: `metrics` (what `dvc metrics show` and
         # `dvc metrics diff` read) are the hold-out figures its training run logged for the
         # same setup fitted on the training split; the re-scored ones are kept apart.
-        from portfolio.core import registry
         from portfolio.core.evaluation import unflatten
 
-        logged = (
-            unflatten("test", registry.run_metrics(predictor.loaded.run_id))
-            if predictor.loaded.run_id
-            else {}
-        )
+        # The loaded model carries its training run's metrics (also offline, from the cache).
+        logged = unflatten("test", predictor.loaded.metrics)
         if logged:
             result["metrics"] = logged
             result["metrics_source"] = "logged hold-out metrics of the training-split fit"

@@ -124,7 +124,6 @@ def reference_contributions_columns(
     cols: Columns,
     reference: Mapping[str, Any],
     *,
-    base_score: np.ndarray | None = None,
     columns: Sequence[str] | None = None,
     block_rows: int = 2000,
 ) -> np.ndarray:
@@ -132,12 +131,9 @@ def reference_contributions_columns(
     maps each input column to a numpy array, and ``score`` takes such columns. Every
     single-column substitution of a block of rows is stacked into one set of columns, so the model
     is called once per block. Serving uses this directly (no DataFrame on the hot path)."""
-    proba, out = reference_scores_and_contributions(
-        score, cols, reference, columns=columns, block_rows=block_rows
-    )
-    if base_score is not None:  # the caller's own scores of these rows as the base (same values)
-        out += (logit(np.asarray(base_score, dtype=float)) - logit(proba))[:, None]
-    return out
+    return reference_scores_and_contributions(score, cols, reference, columns=columns, block_rows=block_rows)[
+        1
+    ]
 
 
 def reference_contributions(
@@ -145,7 +141,6 @@ def reference_contributions(
     X: pd.DataFrame,
     reference: Mapping[str, Any],
     *,
-    base_score: np.ndarray | None = None,
     columns: Sequence[str] | None = None,
     block_rows: int = 2000,
 ) -> pd.DataFrame:
@@ -160,7 +155,7 @@ def reference_contributions(
         return score(pd.DataFrame(c, columns=list(X.columns)).astype(dtypes))
 
     values = reference_contributions_columns(
-        score_columns, cols, reference, base_score=base_score, columns=names, block_rows=block_rows
+        score_columns, cols, reference, columns=names, block_rows=block_rows
     )
     return pd.DataFrame(values, columns=names, index=X.index)
 

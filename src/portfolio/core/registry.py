@@ -170,11 +170,6 @@ def logged_holdout_metric(tags: Mapping[str, str], metric: str) -> float | None:
     return float(value) if is_refit(tags) and value is not None else None
 
 
-def run_metrics(run_id: str) -> dict[str, float]:
-    """Every metric the training run logged (latest value each)."""
-    return dict(MlflowClient().get_run(run_id).data.metrics)
-
-
 def run_provenance(run_id: str | None) -> dict[str, str]:
     """Data hash and split settings of a version's training run ({} when unavailable)."""
     if not run_id:

@@ -222,6 +222,7 @@ class MissingColumnsError(ValueError):
         super().__init__(f"missing required columns: {', '.join(missing)}")
 
 
+@functools.lru_cache(maxsize=64)
 def _ymd_only(date_format: str | None) -> bool:
     """Is the format made of %Y, %m and %d plus literal separators (e.g. M/D/YYYY)?"""
     directives = re.findall(r"%.", date_format or "")

@@ -40,7 +40,6 @@ from portfolio.core.explain import (
     EXPLAIN_TRUSTED_TYPES,
     ReferenceProfile,
     find_step,
-    reference_contributions_columns,
     reference_scores_and_contributions,
     top_factors_columns,
 )
@@ -266,29 +265,23 @@ def risk_tiers(proba: np.ndarray, threshold: float) -> np.ndarray:
 def customer_intelligence(
     cols: dict[str, np.ndarray], proba: np.ndarray | None, predictor: Any
 ) -> dict[str, Any]:
-    """Extra output columns per customer: ``at_risk``, ``risk_tier`` and ``top_factors``, plus
-    ``probability`` itself when ``proba`` is None (``extra_outputs_score``): the rows are then
-    scored in the same model call as their reference substitutions.
+    """Extra output columns per customer: ``probability``, ``at_risk``, ``risk_tier`` and
+    ``top_factors``. The spec sets ``extra_outputs_score``, so ``proba`` is None: the rows are
+    scored here, in the same model call as their reference substitutions.
 
     ``cols`` are the typed input fields as numpy columns; ``predictor`` is the core's
-    ``Predictor``, whose ``scores_columns`` (the compiled fast path when available) scores the
-    reference-substituted rows."""
+    ``Predictor``, whose ``scores_columns`` (the compiled fast path when available) scores them."""
     threshold = float(predictor.threshold)
     profile = find_step(predictor.model, ReferenceProfile)
     if profile is None:
         raise RuntimeError("telecom model has no ReferenceProfile step: retrain it with this version")
     names = list(predictor.spec.feature_names)
-    if proba is None:
-        proba, contributions = reference_scores_and_contributions(
-            predictor.scores_columns, cols, profile.reference_, columns=names
-        )
-    else:
-        contributions = reference_contributions_columns(
-            predictor.scores_columns, cols, profile.reference_, base_score=proba, columns=names
-        )
+    proba, contributions = reference_scores_and_contributions(
+        predictor.scores_columns, cols, profile.reference_, columns=names
+    )
     return {
         "probability": proba,
-        "at_risk": np.asarray(proba) >= threshold,
+        "at_risk": proba >= threshold,
         "risk_tier": risk_tiers(proba, threshold),
         "top_factors": top_factors_columns(contributions, names, cols, k=3),
     }
