@@ -115,15 +115,53 @@ def test_weighted_voting_regressor_compiles_member_by_member() -> None:
 
 def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> None:
     """A booster fitted on dollars: summing its 400 trees in float64 drifts by cents from the
-    library's float32 sum; the numpy walk must give the library's numbers bit for bit."""
+    library's float32 sum; the compiled walk must give the library's numbers bit for bit."""
     from xgboost import XGBRegressor
 
-    from portfolio.core.fastpath import SMALL_BATCH_ROWS, compile_regressor
+    from portfolio.core.fastpath import XGB_WALK_MAX_ROWS, compile_regressor
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2000, 5))
     y = 15_000 + 8_000 * X[:, 0] + 3_000 * X[:, 1] ** 2 + rng.normal(scale=2_000, size=2000)
     model = XGBRegressor(n_estimators=400, learning_rate=0.05, max_depth=6, n_jobs=1).fit(X, y)
-    rows = X[:SMALL_BATCH_ROWS]  # small batches take the numpy walk
+    rows = X[:XGB_WALK_MAX_ROWS]  # small batches take the compiled walk
     library = model.get_booster().inplace_predict(rows, validate_features=False)
     np.testing.assert_array_equal(compile_regressor(model)(rows), library.astype(np.float64))
+
+
+def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -> None:
+    """Rows placed exactly on, just below and just above every split threshold (and missing),
+    for scikit-learn (``x <= t``, float64 t) and XGBoost (``x < t``, float32 t): the compiled
+    walk must reach the same leaves as the libraries."""
+    from sklearn.ensemble import RandomForestClassifier
+    from xgboost import XGBClassifier
+
+    from portfolio.core.fastpath import FOREST_WALK_MAX_ROWS, XGB_WALK_MAX_ROWS, compile_proba
+
+    rng = np.random.default_rng(7)
+    X = rng.normal(size=(600, 4)).astype(np.float32).astype(np.float64)
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = (np.nan_to_num(X[:, 0]) + np.nan_to_num(X[:, 1]) ** 2 > 0.8).astype(int)
+    forest = RandomForestClassifier(n_estimators=20, max_depth=5, random_state=0).fit(X, y)
+    boosted = XGBClassifier(n_estimators=30, max_depth=4, n_jobs=1).fit(X, y)
+    thresholds = np.concatenate(
+        [e.tree_.threshold[e.tree_.feature >= 0] for e in forest.estimators_]
+        + [boosted.get_booster().trees_to_dataframe().query("Feature != 'Leaf'")["Split"].to_numpy()]
+    )
+    values = np.concatenate(
+        [
+            thresholds,
+            np.float32(thresholds),
+            np.nextafter(np.float32(thresholds), np.float32(np.inf)),
+            np.nextafter(np.float32(thresholds), np.float32(-np.inf)),
+        ]
+    ).astype(np.float64)
+    values = values[np.isfinite(values)]  # scikit-learn's "missing goes right" splits sit at +inf
+    probe = np.tile(rng.choice(values, size=(len(values), 1)), (1, 4))
+    probe[:, 1:] = rng.permuted(probe[:, 1:], axis=0)
+    probe[rng.random(probe.shape) < 0.1] = np.nan
+    # XGBoost answers in float32 (a wrong leaf moves a probability by far more than 1e-6).
+    for model, limit, atol in ((forest, FOREST_WALK_MAX_ROWS, 1e-12), (boosted, XGB_WALK_MAX_ROWS, 1e-6)):
+        fast = compile_proba(model)
+        walked = np.concatenate([fast(probe[i : i + limit]) for i in range(0, len(probe), limit)])
+        np.testing.assert_allclose(walked, model.predict_proba(probe)[:, 1], rtol=0, atol=atol)

@@ -59,6 +59,7 @@ class ModelHolder:
     def load_now(self) -> Predictor:
         loaded = registry.load_champion(self.spec, self.settings)
         predictor = Predictor(self.spec, loaded)
+        predictor.warm_up()  # before /ready says ready
         with self._lock:
             self.predictor, self.error, self.state = predictor, None, "ready"
         log.info("%s v%s loaded (%s)", self.spec.name, loaded.version, loaded.source)
@@ -72,8 +73,10 @@ class ModelHolder:
         if mv is None or str(mv.version) == current:
             return False
         loaded = registry.load_version(self.spec, self.settings, mv.version)
+        predictor = Predictor(self.spec, loaded)
+        predictor.warm_up()
         with self._lock:
-            self.predictor = Predictor(self.spec, loaded)
+            self.predictor = predictor
             self.state, self.error = "ready", None
         log.info("%s: champion changed %s → v%s", self.spec.name, current, loaded.version)
         return True

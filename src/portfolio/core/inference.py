@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from portfolio.core import fastpath
 from portfolio.core.fastpath import (
     Columns,
     NotCompilable,
@@ -50,6 +51,12 @@ class Predictor:
     @property
     def compiled(self) -> bool:
         return self._fast is not None
+
+    def warm_up(self) -> None:
+        """Compile the fast path's tree walk now (about a second, or milliseconds from numba's
+        disk cache), so the first small request does not pay it. Servers call this at load."""
+        if self._fast is not None:
+            fastpath.warm_up()
 
     @property
     def output_columns(self) -> list[str]:

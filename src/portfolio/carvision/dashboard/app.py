@@ -44,7 +44,9 @@ def local_predictor(tracking_uri: str, version: str) -> Any:
 
     settings = get_settings()
     registry.configure(settings)
-    return Predictor(SPEC, registry.load_version(SPEC, settings, version))
+    predictor = Predictor(SPEC, registry.load_version(SPEC, settings, version))
+    predictor.warm_up()
+    return predictor
 
 
 @st.cache_data(show_spinner="Scoring the hold-out split…")
