@@ -140,6 +140,14 @@ def predict(
     input: Annotated[Path, typer.Argument(help="CSV with the dataset's raw columns.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write predictions.")],
     version: Annotated[str | None, typer.Option(help="Registered version (default: champion).")] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain/--no-explain",
+            help="Per-row explanations where the service gives them (TelecomAI's top_factors); "
+            "--no-explain leaves that column empty and scores about 20 times fewer model rows.",
+        ),
+    ] = True,
 ) -> None:
     """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
     from portfolio.core.batch import InputFileError, predict_csv
@@ -164,6 +172,7 @@ def predict(
                 output,
                 settings.batch_chunk_rows,
                 on_chunk=lambda n: progress.advance(task, n),
+                explain=explain,
             )
         except InputFileError as exc:
             console.print(f"[red]{exc}[/red]")

@@ -225,3 +225,30 @@ def test_global_importance_is_logged_at_training(bank_state: Settings, tmp_path:
     assert data["method"] == TREE_SHAP and set(data["importance"]) == set(BANK.feature_names)
     top = sorted(data["importance"], key=data["importance"].get, reverse=True)[:3]
     assert "Age" in top  # the strongest churn driver in this data
+
+
+def test_reference_substitutions_of_one_request_equal_those_of_a_batch() -> None:
+    """A request (few rows: list-built variants) and a batch (np.tile) give the same scores and
+    contributions, missing values and a missing reference included."""
+    from portfolio.core.explain import reference_scores_and_contributions
+
+    rng = np.random.default_rng(3)
+    n = 70
+    amount = rng.normal(size=n)
+    amount[::7] = np.nan
+    plan = rng.choice(np.array(["basic", "plus", None], dtype=object), size=n)
+    calls = rng.integers(0, 9, size=n)
+    cols = {"amount": amount, "plan": plan, "calls": calls}
+    reference = {"amount": 0.25, "plan": None, "calls": 4}
+
+    def score(c: dict[str, np.ndarray]) -> np.ndarray:
+        plan_part = np.array([{"basic": 0.3, "plus": -0.4}.get(v, 0.1) for v in c["plan"]])
+        z = np.nan_to_num(c["amount"], nan=-0.5) + plan_part + 0.1 * c["calls"]
+        return 1.0 / (1.0 + np.exp(-z))
+
+    batch = reference_scores_and_contributions(score, cols, reference)
+    for i in range(n):
+        one = reference_scores_and_contributions(score, {k: v[i : i + 1] for k, v in cols.items()}, reference)
+        np.testing.assert_allclose(one[0], batch[0][i : i + 1], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(one[1], batch[1][i : i + 1], rtol=0, atol=1e-12)
+    assert np.abs(batch[1]).max() > 0.1  # substitutions do move the score

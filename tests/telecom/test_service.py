@@ -118,6 +118,22 @@ def test_predict_cli_one_row_per_input_row_in_order(telecom_trained: TrainedServ
     # The blank-TotalCharges customers (last two rows) are scored, not rejected.
     assert (out.tail(2)["error"] == "").all() and (out.tail(2)["probability"] != "").all()
 
+    # --no-explain: the same scores, tiers and errors, with top_factors left empty.
+    quick = _cli(
+        telecom_trained, "predict", "telecom", str(path), "--output", str(tmp_path / "q.csv"), "--no-explain"
+    )
+    assert quick.returncode == 0, quick.stderr
+    q = pd.read_csv(tmp_path / "q.csv", keep_default_na=False)
+    assert list(q.columns) == list(out.columns) and (q["top_factors"] == "").all()
+    same = ["top_factors", "probability"]
+    pd.testing.assert_frame_equal(q.drop(columns=same), out.drop(columns=same))
+    # Within the fast path's parity bound (XGBoost's float32 library call vs the compiled walk).
+    scored = out["probability"] != ""
+    assert (q["probability"] != "").tolist() == scored.tolist()
+    assert q.loc[scored, "probability"].astype(float).to_numpy() == pytest.approx(
+        out.loc[scored, "probability"].astype(float).to_numpy(), abs=1e-6
+    )
+
 
 def test_evaluate_cli_on_a_labeled_file(telecom_trained: TrainedService, tmp_path: Path) -> None:
     raw = _raw_text().head(400)
@@ -175,6 +191,28 @@ def test_api_predict_returns_customer_intelligence(api: str, telecom_trained: Tr
     info = httpx.get(f"{api}/model", timeout=10).json()
     assert info["outputs"] == ["probability", "prediction", "at_risk", "risk_tier", "top_factors"]
     assert info["threshold"] == pytest.approx(telecom_trained.outcome.threshold)
+
+
+def test_api_explain_false_skips_top_factors_only(api: str) -> None:
+    """`?explain=false`: identical scores and tiers, top_factors null; a bad value is a 422 naming
+    `query.explain`."""
+    records = [_record(), _record() | {"tenure": 70, "Contract": "Two year"}]
+    full = httpx.post(f"{api}/predict/batch", json={"records": records}, timeout=30).json()["predictions"]
+    quick = httpx.post(f"{api}/predict/batch?explain=false", json={"records": records}, timeout=30)
+    assert quick.status_code == 200, quick.text
+    for f, q in zip(full, quick.json()["predictions"], strict=True):
+        assert isinstance(f["top_factors"], str) and q["top_factors"] is None
+        # Within the fast path's parity bound: 2 rows take the compiled walk, the 40 rows of
+        # 2 customers with their substitutions XGBoost's float32 library call.
+        assert q["probability"] == pytest.approx(f["probability"], abs=1e-6)
+        skip = ("top_factors", "probability")
+        assert {k: v for k, v in q.items() if k not in skip} == {k: v for k, v in f.items() if k not in skip}
+    one = httpx.post(f"{api}/predict?explain=false", json=_record(), timeout=30).json()
+    assert one["top_factors"] is None and one["probability"] == pytest.approx(
+        full[0]["probability"], abs=1e-6
+    )
+    bad = httpx.post(f"{api}/predict?explain=maybe", json=_record(), timeout=30)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["field"] == "query.explain"
 
 
 def test_api_rejects_unknown_category_naming_the_field(api: str) -> None:

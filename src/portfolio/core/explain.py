@@ -108,9 +108,17 @@ def reference_scores_and_contributions(
         variants: Columns = {}
         for c, values in cols.items():
             block = values[start:stop]
-            stacked = np.tile(block, k + 1)  # variants 0..k-1 substitute one column; k is the row itself
-            if c in names:  # in the variant where c is substituted, c takes the reference value
-                j = names.index(c)
+            j = names.index(c) if c in names else -1
+            # Variants 0..k-1 substitute one column (c takes the reference value in variant j);
+            # variant k is the row itself.
+            if m <= 64 and block.dtype.kind in "biufO":  # a request: lists beat np.tile (~1 vs 5 µs)
+                listed = block.tolist() * (k + 1)
+                if j >= 0:
+                    listed[j * m : (j + 1) * m] = _fill(block, reference[c], m).tolist()
+                variants[c] = np.array(listed, dtype=block.dtype)
+                continue
+            stacked = np.tile(block, k + 1)
+            if j >= 0:
                 stacked[j * m : (j + 1) * m] = _fill(block, reference[c], m)
             variants[c] = stacked
         p = np.asarray(score(variants), dtype=float).reshape(k + 1, m)

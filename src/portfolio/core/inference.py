@@ -88,8 +88,9 @@ class Predictor:
         return self.scores_columns(to_columns(records, self.spec.fields))
 
     # -- outputs --------------------------------------------------------------------------------
-    def _outputs(self, cols: Columns) -> dict[str, Any]:
-        """Every output column for typed field columns."""
+    def _outputs(self, cols: Columns, explain: bool = True) -> dict[str, Any]:
+        """Every output column for typed field columns; ``explain=False`` skips the service's
+        per-row explanations (their columns hold None)."""
         spec = self.spec
         if spec.task == "regression":
             scores = self.scores_columns(cols)
@@ -99,27 +100,29 @@ class Predictor:
         assert self.threshold is not None
         extra: dict[str, Any] | None = None
         if spec.extra_outputs is not None and spec.extra_outputs_score:
-            extra = dict(spec.extra_outputs(cols, None, self))
+            extra = dict(spec.extra_outputs(cols, None, self, explain=explain))
             scores = np.asarray(extra.pop("probability"), dtype=np.float64)
         else:
             scores = self.scores_columns(cols)
             if spec.extra_outputs is not None:
-                extra = dict(spec.extra_outputs(cols, scores, self))
+                extra = dict(spec.extra_outputs(cols, scores, self, explain=explain))
         out: dict[str, Any] = {"probability": scores, "prediction": (scores >= self.threshold).astype(int)}
         if extra is not None:
             for col in spec.extra_output_columns:
                 out[col] = np.asarray(extra[col])
         return out
 
-    def predict_frame(self, typed: pd.DataFrame) -> pd.DataFrame:
+    def predict_frame(self, typed: pd.DataFrame, explain: bool = True) -> pd.DataFrame:
         """Batch path: rows already validated and typed (``schema.validate_frame``)."""
-        out = self._outputs(frame_to_columns(typed, self.spec.fields))
+        out = self._outputs(frame_to_columns(typed, self.spec.fields), explain)
         return pd.DataFrame(out, index=typed.index)
 
-    def predict_records(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    def predict_records(
+        self, records: Sequence[dict[str, Any]], explain: bool = True
+    ) -> list[dict[str, Any]]:
         """API path: records already validated by the request model; no DataFrame on the
         compiled path."""
-        out = self._outputs(to_columns(records, self.spec.fields))
+        out = self._outputs(to_columns(records, self.spec.fields), explain)
         keys = list(out)
         columns = [out[k].tolist() for k in keys]
         return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]

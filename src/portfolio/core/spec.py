@@ -64,9 +64,11 @@ class ServiceSpec:
     # Regression: coverage of the conformal prediction interval.
     interval_coverage: float = 0.8
     # Classification: extra output columns per prediction (e.g. risk tier, top factors),
-    # computed from (typed field columns {field: numpy array}, probabilities, predictor) →
-    # {column: sequence}. Columns, not a DataFrame: this runs on every API request.
-    extra_outputs: Callable[[dict[str, Any], Any, Any], Mapping[str, Any]] | None = None
+    # computed as extra_outputs(typed field columns {field: numpy array}, probabilities,
+    # predictor, explain=bool) → {column: sequence}. Columns, not a DataFrame: this runs on every
+    # API request. ``explain=False`` (the caller's choice: `?explain=false`, `--no-explain`) skips
+    # the per-row explanations, whose columns are then None.
+    extra_outputs: Callable[..., Mapping[str, Any]] | None = None
     extra_output_columns: tuple[str, ...] = ()
     # True: ``extra_outputs`` is called with probabilities None, scores the rows itself in the
     # same model call as the rows it needs (telecom: the reference substitutions behind

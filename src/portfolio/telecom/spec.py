@@ -263,15 +263,24 @@ def risk_tiers(proba: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def customer_intelligence(
-    cols: dict[str, np.ndarray], proba: np.ndarray | None, predictor: Any
+    cols: dict[str, np.ndarray], proba: np.ndarray | None, predictor: Any, explain: bool = True
 ) -> dict[str, Any]:
     """Extra output columns per customer: ``probability``, ``at_risk``, ``risk_tier`` and
     ``top_factors``. The spec sets ``extra_outputs_score``, so ``proba`` is None: the rows are
-    scored here, in the same model call as their reference substitutions.
+    scored here, in the same model call as their reference substitutions. ``explain=False``
+    scores the rows alone (20 times fewer model rows) and leaves ``top_factors`` None.
 
     ``cols`` are the typed input fields as numpy columns; ``predictor`` is the core's
     ``Predictor``, whose ``scores_columns`` (the compiled fast path when available) scores them."""
     threshold = float(predictor.threshold)
+    if not explain:
+        scores = predictor.scores_columns(cols) if proba is None else np.asarray(proba, dtype=float)
+        return {
+            "probability": scores,
+            "at_risk": scores >= threshold,
+            "risk_tier": risk_tiers(scores, threshold),
+            "top_factors": np.full(len(scores), None, dtype=object),
+        }
     profile = find_step(predictor.model, ReferenceProfile)
     if profile is None:
         raise RuntimeError("telecom model has no ReferenceProfile step: retrain it with this version")
