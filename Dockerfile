@@ -47,6 +47,7 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     PORTFOLIO_HOME=/app \
     PORTFOLIO_STATE_DIR=/tmp/portfolio \
     PORTFOLIO_MODELS_DIR=/tmp/portfolio/models \
+    NUMBA_CACHE_DIR=/tmp/numba \
     PORTFOLIO_DVC_PULL=false \
     PORTFOLIO_HOST=0.0.0.0 \
     PORTFOLIO_PORT=8000 \

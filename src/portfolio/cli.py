@@ -165,6 +165,7 @@ def predict(
         console=console,
     ) as progress:
         task = progress.add_task("rows", total=None)
+        started = time.perf_counter()
         try:
             report = predict_csv(
                 predictor,
@@ -177,9 +178,11 @@ def predict(
         except InputFileError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+    seconds = time.perf_counter() - started  # reading, validating, scoring and writing
     out.print(
         f"{report.rows} rows scored with {service} v{predictor.version}: "
-        f"{report.ok} ok, {report.failed} failed validation → {output}"
+        f"{report.ok} ok, {report.failed} failed validation → {output} "
+        f"in {seconds:.2f} s ({report.rows / max(seconds, 1e-9):,.0f} rows/s)"
     )
     if report.failed:
         t = Table(title="validation failures")
