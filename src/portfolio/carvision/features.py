@@ -17,6 +17,7 @@ Pipeline (see ``spec.py``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -155,6 +156,7 @@ def _mix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> _U64(31))
 
 
+@functools.lru_cache(maxsize=8192)  # requests repeat the same makes, models and colours
 def _stable_hash(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
@@ -392,14 +394,20 @@ class CategoryCodes(_ColumnTransformer):
         }
         return self
 
+    def _codes(self, column: str) -> dict[str, float]:
+        """category → code, for the per-value path of small requests (built on first use)."""
+        cache: dict[str, dict[str, float]] = self.__dict__.setdefault("_codes_cache", {})
+        if column not in cache:
+            cache[column] = {str(c): float(i) for i, c in enumerate(self.categories_[column])}
+        return cache[column]
+
     def transform_columns(self, cols: Columns) -> Columns:
         out = dict(cols)
         for c in self.columns:
             values = np.asarray(cols[c], dtype=object)
             if len(values) <= SMALL_ROWS:
-                text = np.asarray(["" if _missing(v) else str(v) for v in values], dtype=str)
-                pos, hit = _lookup(self.categories_[c], text)
-                out[c] = np.where(hit, pos.astype(np.float64), np.nan)
+                codes = self._codes(c)
+                out[c] = np.array([codes.get("" if _missing(v) else str(v), np.nan) for v in values])
                 continue
             # Batches: look up each distinct value once (missing → code -1 → the appended "").
             codes, uniques = pd.factorize(values)

@@ -181,8 +181,8 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
             m = np.empty((len(cols[columns[0]]), len(columns)), dtype=object)
             for j, c in enumerate(columns):
                 m[:, j] = cols[c]
-        else:
-            m = np.column_stack([cols[c] for c in columns]).astype(np.float64, copy=False)
+        else:  # one C call (np.column_stack costs ~0.5 µs per column on a request)
+            m = np.ascontiguousarray(np.array([cols[c] for c in columns], dtype=np.float64).T)
         for op in ops:
             m = op(m)
         return np.asarray(m, dtype=np.float64)
