@@ -406,8 +406,8 @@ class CategoryCodes(_ColumnTransformer):
         for c in self.columns:
             values = np.asarray(cols[c], dtype=object)
             if len(values) <= SMALL_ROWS:
-                codes = self._codes(c)
-                out[c] = np.array([codes.get("" if _missing(v) else str(v), np.nan) for v in values])
+                lookup = self._codes(c)
+                out[c] = np.array([lookup.get("" if _missing(v) else str(v), np.nan) for v in values])
                 continue
             # Batches: look up each distinct value once (missing → code -1 → the appended "").
             codes, uniques = pd.factorize(values)
