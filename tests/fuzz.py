@@ -37,14 +37,17 @@ class FuzzReport:
 
 
 def _body_properties(operation: Any) -> set[str]:
-    """Top-level property names of the operation's JSON body (empty when it has none)."""
+    """Top-level property names of the operation's JSON body (empty when it has none), plus
+    ``query.<name>`` for each documented query parameter (how the API names those in a 422)."""
+    raw = operation.definition.raw
+    query = {f"query.{p['name']}" for p in raw.get("parameters", []) if p.get("in") == "query"}
     try:
-        content = operation.definition.raw["requestBody"]["content"]["application/json"]["schema"]
+        content = raw["requestBody"]["content"]["application/json"]["schema"]
     except (KeyError, TypeError):
-        return set()
+        return query
     ref = content.get("$ref", "")
     schema = operation.schema.raw_schema["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else content
-    return set(schema.get("properties", {}))
+    return set(schema.get("properties", {})) | query
 
 
 def error_shape_problem(status: int, body: Any, properties: set[str]) -> str | None:
@@ -58,7 +61,11 @@ def error_shape_problem(status: int, body: Any, properties: set[str]) -> str | N
         if not isinstance(item, dict) or not item.get("field") or not item.get("reason"):
             return f"4xx detail item without field and reason: {item!r}"
         root = str(item["field"]).split(".", 1)[0]
-        known = root in properties or root in ("body", "authorization", "path", "method")
+        known = (
+            root in properties
+            or item["field"] in properties  # query.<name>
+            or root in ("body", "authorization", "path", "method")
+        )
         if properties and not known and item["reason"] != "unknown field":
             return f"4xx names a field the request does not have: {item!r}"
     return None
