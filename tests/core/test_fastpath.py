@@ -165,3 +165,32 @@ def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -
         fast = compile_proba(model)
         walked = np.concatenate([fast(probe[i : i + limit]) for i in range(0, len(probe), limit)])
         np.testing.assert_allclose(walked, model.predict_proba(probe)[:, 1], rtol=0, atol=atol)
+
+
+def test_warm_up_does_the_one_off_work_so_requests_do_not() -> None:
+    """A server warms its predictor before it says ready: afterwards a request must not read the
+    booster back (its base margin, ~0.2 s for CarVision's boosters) nor compile anything."""
+    from sklearn.model_selection import FixedThresholdClassifier
+    from xgboost import XGBClassifier
+
+    train = _typed(300, 8)
+    y = synthetic.make_frame(300, 8)["label"]
+    pipe = Pipeline(
+        [
+            ("prep", tabular_preprocessor(["x1", "x2", "noise"], ["color"])),
+            ("model", XGBClassifier(n_estimators=20)),
+        ]
+    ).fit(train, y)
+    wrapped = FixedThresholdClassifier(pipe, threshold=0.5).fit(train, y)
+    predictor = Predictor(synthetic.CLASSIFIER, LoadedModel("synthclf", "1", wrapped, "x", None))
+    assert predictor.compiled, predictor.inference
+    predictor.warm_up()
+    booster = wrapped.estimator_.named_steps["model"].get_booster()  # the fitted clone that serves
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the request did one-off work")
+
+    booster.save_raw = forbidden  # type: ignore[method-assign]
+    booster.inplace_predict = forbidden  # type: ignore[method-assign]
+    out = predictor.predict_records([{"x1": 0.3, "x2": 2, "color": "blue", "noise": 0.0}])
+    assert 0 <= out[0]["probability"] <= 1
