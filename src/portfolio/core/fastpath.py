@@ -177,12 +177,11 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
             raise NotCompilable(f"column step {type(step).__name__}")
 
     def run(cols: Columns) -> Matrix:
-        if categorical:
-            m = np.empty((len(cols[columns[0]]), len(columns)), dtype=object)
-            for j, c in enumerate(columns):
-                m[:, j] = cols[c]
-        else:  # one C call (np.column_stack costs ~0.5 µs per column on a request)
-            m = np.ascontiguousarray(np.array([cols[c] for c in columns], dtype=np.float64).T)
+        # Filled column by column: one copy at any size (np.column_stack costs ~0.5 µs per
+        # column on a request; building rows then transposing copies a 100k-row chunk twice).
+        m = np.empty((len(cols[columns[0]]), len(columns)), dtype=object if categorical else np.float64)
+        for j, c in enumerate(columns):
+            m[:, j] = cols[c]
         for op in ops:
             m = op(m)
         return np.asarray(m, dtype=np.float64)
@@ -224,7 +223,7 @@ _INTERLEAVED_TREES = 32
 @functools.cache
 def _tree_kernel() -> Callable[..., np.ndarray]:
     """The tree walk, compiled to machine code by numba on first use (about a second; servers
-    call ``warm_up`` at load so no request pays it). Compiled code is cached on disk when numba
+    warm their predictor at load so no request pays it). Compiled code is cached on disk when numba
     finds a writable cache folder (next to this file, else ``NUMBA_CACHE_DIR`` or the user
     cache), so later processes load it in milliseconds."""
     import numba
@@ -259,20 +258,6 @@ def _tree_kernel() -> Callable[..., np.ndarray]:
     except RuntimeError:  # no writable cache folder anywhere: compile in memory each process
         kernel = numba.njit(nogil=True)(leaf_values)
     return cast(Callable[..., np.ndarray], kernel)
-
-
-def warm_up() -> None:
-    """Compile (or load from the cache) the tree walk now, so the first request does not wait."""
-    _TreeArrays(
-        feature=[np.array([0, 0, 0])],
-        threshold=[np.array([0.5, 0.0, 0.0])],
-        left=[np.array([1, -1, -1])],
-        right=[np.array([2, -1, -1])],
-        nan_left=[np.array([True, False, False])],
-        value=[np.array([0.0, 1.0, 2.0])],
-        depth=1,
-        strict=True,
-    ).leaf_values(np.zeros((1, 1)))
 
 
 class _TreeArrays:

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio.core import fastpath
 from portfolio.core.fastpath import (
     Columns,
     NotCompilable,
@@ -59,7 +58,6 @@ class Predictor:
         this at load, before they say ready; batch scoring never needs it."""
         if self._fast is None:
             return
-        fastpath.warm_up()
         try:
             self.predict_records([{f.name: f.example for f in self.spec.fields}])
         except Exception as exc:  # an example the schema rejects costs only the first request's speed
