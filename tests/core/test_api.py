@@ -114,9 +114,20 @@ def test_model_endpoint_describes_the_served_model(client: TestClient) -> None:
     assert set(body["input_schema"]["properties"]) == {"x1", "x2", "color", "noise"}
 
 
+def _predictions_counted(text: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("portfolio_predictions_total{")
+    )
+
+
 def test_metrics_count_requests_predictions_and_version(client: TestClient) -> None:
+    before = _predictions_counted(client.get("/metrics").text)
     client.post("/predict", json=GOOD)
+    assert client.post("/predict/batch", json={"records": [GOOD] * 4}).status_code == 200
     text = client.get("/metrics").text
+    assert _predictions_counted(text) == before + 5  # every record of a batch counts
     assert 'portfolio_requests_total{endpoint="/predict",service="synthclf",status="200"}' in text
     assert "portfolio_request_latency_seconds_bucket" in text
     assert "portfolio_predictions_total{label=" in text

@@ -40,6 +40,30 @@ def test_column_transformer_matches_scikit_learn(scale: bool) -> None:
     np.testing.assert_allclose(fast, ct.transform(test), atol=1e-12)
 
 
+def test_records_become_the_same_columns_with_or_without_every_field() -> None:
+    """API records carry every field (read in one pass); other callers may leave a nullable
+    field out: both give the frame's own columns, missing numbers as NaN."""
+    from portfolio.core.fastpath import frame_to_columns
+
+    test = _typed(30, 5)
+    test.loc[2, "x2"] = None
+    test.loc[3, "color"] = None
+    records = test.to_dict("records")
+    expected = frame_to_columns(test, synthetic.FIELDS)
+    partial = [{k: v for k, v in r.items() if not (k == "x2" and i % 2)} for i, r in enumerate(records)]
+    for rows in (records, partial):
+        cols = to_columns(rows, synthetic.FIELDS)  # type: ignore[arg-type]
+        assert np.array_equal(cols["x1"], expected["x1"])
+        x2 = expected["x2"].copy()
+        if rows is partial:
+            x2[1::2] = np.nan
+        assert np.array_equal(cols["x2"], x2, equal_nan=True)
+        assert [None if v is None or v != v else v for v in cols["color"]] == [
+            None if v is None or v != v else v for v in expected["color"]
+        ]
+    assert all(len(c) == 0 for c in to_columns([], synthetic.FIELDS).values())
+
+
 def test_pipeline_probability_matches_scikit_learn() -> None:
     train = _typed(400, 3)
     y = synthetic.make_frame(400, 3)["label"]

@@ -360,6 +360,7 @@ def create_app(
 
     def respond(p: Predictor, rows: list[dict[str, Any]], explain: bool) -> list[dict[str, Any]]:
         out = p.predict_records(rows, explain)
+        counts: dict[str, int] = {}
         for item in out:
             item["model_version"] = p.version
             if spec.task == "classification":
@@ -367,10 +368,12 @@ def create_app(
                 label = str(item["prediction"])
             else:
                 label = "price"
+            counts[label] = counts.get(label, 0) + 1
+        for label, n in counts.items():  # one increment per label, not per record (a batch: 1,000)
             counter = prediction_counters.get(label)
             if counter is None:
                 counter = prediction_counters[label] = metrics.predictions.labels(spec.name, label)
-            counter.inc()
+            counter.inc(n)
         monitor.observe(rows, [item[score_key] for item in out])
         return out
 

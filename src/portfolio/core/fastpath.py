@@ -19,6 +19,7 @@ implementing one method:
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,13 +62,22 @@ class NotCompilable(Exception):
     """The pipeline contains a step the compiler does not know."""
 
 
+def _field_values(records: Sequence[dict[str, Any]], names: list[str]) -> list[Sequence[Any]]:
+    """Each field's values over the records (None where a record lacks the field)."""
+    if len(names) > 1:
+        try:  # every record has every field (API requests): one C-level pass, then transpose
+            return list(zip(*map(operator.itemgetter(*names), records), strict=True)) or [()] * len(names)
+        except KeyError:
+            pass
+    return [[r.get(name) for r in records] for name in names]
+
+
 def to_columns(records: Sequence[dict[str, Any]], fields: Sequence[Field]) -> Columns:
     """Validated records → one numpy array per field (numbers float64 with NaN, others object)."""
     cols: Columns = {}
-    for f in fields:
-        values = [r.get(f.name) for r in records]
+    for f, values in zip(fields, _field_values(records, [f.name for f in fields]), strict=True):
         if f.kind in ("int", "float"):
-            cols[f.name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            cols[f.name] = np.array(values, dtype=np.float64)  # None → NaN
         elif f.kind == "date":
             if all(v is None for v in values):  # optional and omitted: no parsing to do
                 cols[f.name] = np.full(len(values), np.datetime64("NaT"), dtype="datetime64[ns]")
