@@ -34,7 +34,7 @@ from portfolio.core import registry
 from portfolio.core.inference import Predictor
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
-from portfolio.core.schema import request_model
+from portfolio.core.schema import plain_dict_validators, request_model
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
 
@@ -150,7 +150,7 @@ def _error_items(errors: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         elif err.get("type") == "json_invalid":
             reason = "malformed JSON: " + str((err.get("ctx") or {}).get("error", ""))
             loc = []
-        elif err.get("type") == "model_type" and not loc:
+        elif err.get("type") in ("model_type", "dict_type") and not loc:
             reason = "the body must be a JSON object"
         items.append({"field": ".".join(loc) or "body", "reason": reason})
     return items
@@ -396,8 +396,7 @@ def create_app(
     # request model's compiled pydantic-core validator themselves, check the key inline and write
     # JSON with orjson, instead of FastAPI's dependency/body/response machinery (about half of a
     # request's time in a profile). The OpenAPI documents the same models (see ``_body_schema``).
-    record_validator = Record.__pydantic_validator__
-    batch_validator = Batch.__pydantic_validator__
+    record_validator, batch_validator = plain_dict_validators(Record, settings.max_batch_size)
 
     async def parse(request: Request, validator: Any) -> Any:
         body = await request.body()
@@ -412,7 +411,7 @@ def create_app(
         require_key(request)
         record = await parse(request, record_validator)
         p = require_model()
-        return _json(respond(p, [record.__dict__], explain)[0])
+        return _json(respond(p, [record], explain)[0])
 
     @app.post(
         "/predict/batch", tags=["predict"], openapi_extra=_body_schema(Batch), responses=PREDICT_RESPONSES
@@ -422,7 +421,7 @@ def create_app(
         require_key(request)
         batch = await parse(request, batch_validator)
         p = require_model()
-        rows = [r.__dict__ for r in batch.records]
+        rows = batch["records"]
         return _json(
             {"predictions": respond(p, rows, explain), "model_version": p.version, "count": len(rows)}
         )
