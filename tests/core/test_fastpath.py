@@ -41,8 +41,8 @@ def test_column_transformer_matches_scikit_learn(scale: bool) -> None:
 
 
 def test_records_become_the_same_columns_with_or_without_every_field() -> None:
-    """API records carry every field (read in one pass); other callers may leave a nullable
-    field out: both give the frame's own columns, missing numbers as NaN."""
+    """A request may leave an optional field out of its record: with or without every field,
+    records give the frame's own columns, missing numbers as NaN."""
     from portfolio.core.fastpath import frame_to_columns
 
     test = _typed(30, 5)

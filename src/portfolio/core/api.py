@@ -396,7 +396,7 @@ def create_app(
     # request model's compiled pydantic-core validator themselves, check the key inline and write
     # JSON with orjson, instead of FastAPI's dependency/body/response machinery (about half of a
     # request's time in a profile). The OpenAPI documents the same models (see ``_body_schema``).
-    record_validator, batch_validator = plain_dict_validators(Record, settings.max_batch_size)
+    record_validator, batch_validator = plain_dict_validators(Record, Batch)
 
     async def parse(request: Request, validator: Any) -> Any:
         body = await request.body()

@@ -337,23 +337,25 @@ def request_model(model_name: str, fields: tuple[Field, ...]) -> type[BaseModel]
     return model  # type: ignore[no-any-return]
 
 
-def plain_dict_validators(
-    record_model: type[BaseModel], max_batch: int
-) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
-    """Validators for one record and for ``{"records": [...]}`` (1 to ``max_batch`` of them)
-    with the request model's fields, rules and error locations, that validate JSON straight into
-    plain dicts: about twice as fast as a model instance per record (a 1,000-record TelecomAI
-    batch: 5.6 vs 12.2 ms). An optional field left out of a request is absent from its dict."""
+def _typed_dict(model: type[BaseModel], types: dict[str, Any] | None = None) -> Any:
+    """``model``'s fields, rules and config as a TypedDict (``types`` replaces a field's type)."""
     fields: dict[str, Any] = {}
-    for name, info in record_model.model_fields.items():
-        typ = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    for name, info in model.model_fields.items():
+        base = (types or {}).get(name, info.annotation)
+        typ = Annotated[base, *info.metadata] if info.metadata else base
         fields[name] = typ if info.is_required() else NotRequired[typ]
     make: Any = TypedDict  # built at run time from the model's fields
-    record = make(f"{record_model.__name__}Dict", fields)
-    record.__pydantic_config__ = ConfigDict(**record_model.model_config)
-    batch = make(
-        f"{record_model.__name__}BatchDict",
-        {"records": Annotated[list[record], PydField(min_length=1, max_length=max_batch)]},  # type: ignore[valid-type]
-    )
-    batch.__pydantic_config__ = ConfigDict(extra="forbid")
-    return TypeAdapter(record), TypeAdapter(batch)
+    typed = make(f"{model.__name__}Dict", fields)
+    typed.__pydantic_config__ = ConfigDict(**model.model_config)
+    return typed
+
+
+def plain_dict_validators(
+    record_model: type[BaseModel], batch_model: type[BaseModel]
+) -> tuple[TypeAdapter[Any], TypeAdapter[Any]]:
+    """Validators for one record and for a batch (``{"records": [...]}``) with the request
+    models' fields, rules and error locations, that validate JSON straight into plain dicts:
+    about twice as fast as a model instance per record (a 1,000-record TelecomAI batch: 5.6 vs
+    12.2 ms). An optional field left out of a request is absent from its dict."""
+    record = _typed_dict(record_model)
+    return TypeAdapter(record), TypeAdapter(_typed_dict(batch_model, {"records": list[record]}))  # type: ignore[valid-type]
