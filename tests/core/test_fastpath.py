@@ -142,7 +142,7 @@ def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> Non
     library's float32 sum; the compiled walk must give the library's numbers bit for bit."""
     from xgboost import XGBRegressor
 
-    from portfolio.core.fastpath import XGB_WALK_MAX_ROWS, compile_regressor
+    from portfolio.core.fastpath import compile_regressor
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2000, 5))
@@ -150,7 +150,7 @@ def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> Non
     model = XGBRegressor(n_estimators=400, learning_rate=0.05, max_depth=6, n_jobs=1).fit(X, y)
     fast = compile_regressor(model)
     # One row, a few (trees side by side), many (rows side by side, on every core).
-    for rows in (X[:1], X[:16], X[:XGB_WALK_MAX_ROWS]):
+    for rows in (X[:1], X[:16], X):
         library = model.get_booster().inplace_predict(rows, validate_features=False)
         np.testing.assert_array_equal(fast(rows), library.astype(np.float64))
 
@@ -162,7 +162,7 @@ def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -
     from sklearn.ensemble import RandomForestClassifier
     from xgboost import XGBClassifier
 
-    from portfolio.core.fastpath import XGB_WALK_MAX_ROWS, compile_proba
+    from portfolio.core.fastpath import compile_proba
 
     rng = np.random.default_rng(7)
     X = rng.normal(size=(600, 4)).astype(np.float32).astype(np.float64)
@@ -190,10 +190,9 @@ def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -
     for model, atol in ((forest, 1e-12), (boosted, 1e-6)):
         fast = compile_proba(model)
         expected = model.predict_proba(probe)[:, 1]
-        # In walks of up to XGB_WALK_MAX_ROWS rows, shared between threads, and one by one.
-        chunks = range(0, len(probe), XGB_WALK_MAX_ROWS)
-        walked = np.concatenate([fast(probe[i : i + XGB_WALK_MAX_ROWS]) for i in chunks])
-        np.testing.assert_allclose(walked, expected, rtol=0, atol=atol)
+        # All rows in one walk, shared between threads, and one by one.
+        assert len(probe) >= 1_000
+        np.testing.assert_allclose(fast(probe), expected, rtol=0, atol=atol)
         one_by_one = np.concatenate([fast(probe[i : i + 1]) for i in range(0, 300)])
         np.testing.assert_allclose(one_by_one, expected[:300], rtol=0, atol=atol)
 

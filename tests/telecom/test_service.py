@@ -127,7 +127,7 @@ def test_predict_cli_one_row_per_input_row_in_order(telecom_trained: TrainedServ
     assert list(q.columns) == list(out.columns) and (q["top_factors"] == "").all()
     same = ["top_factors", "probability"]
     pd.testing.assert_frame_equal(q.drop(columns=same), out.drop(columns=same))
-    # Within the fast path's parity bound (XGBoost's float32 library call vs the compiled walk).
+    # Within the fast path's parity bound (the two runs score different numbers of rows at once).
     scored = out["probability"] != ""
     assert (q["probability"] != "").tolist() == scored.tolist()
     assert q.loc[scored, "probability"].astype(float).to_numpy() == pytest.approx(
@@ -202,8 +202,8 @@ def test_api_explain_false_skips_top_factors_only(api: str) -> None:
     assert quick.status_code == 200, quick.text
     for f, q in zip(full, quick.json()["predictions"], strict=True):
         assert isinstance(f["top_factors"], str) and q["top_factors"] is None
-        # Within the fast path's parity bound: 2 rows take the compiled walk, the 40 rows of
-        # 2 customers with their substitutions XGBoost's float32 library call.
+        # Within the fast path's parity bound: 2 rows walk the trees one row at a time, the 40
+        # rows of 2 customers with their substitutions in a block of rows.
         assert q["probability"] == pytest.approx(f["probability"], abs=1e-6)
         skip = ("top_factors", "probability")
         assert {k: v for k, v in q.items() if k not in skip} == {k: v for k, v in f.items() if k not in skip}
