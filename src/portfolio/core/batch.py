@@ -51,12 +51,17 @@ def predict_csv(
         first = True
         output_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = output_path.with_name(output_path.name + ".partial")
-        with tmp.open("w", newline="") as fh:
+        with tmp.open("w", newline="") as fh, ThreadPoolExecutor(1, thread_name_prefix="warm-up") as warm:
+            # The model's one-off work (loading the compiled walk, reading each booster's base
+            # margin: ~1 s for BankChurn in a new process) and the CSV writer's import run while
+            # the first chunk is read and validated.
+            ready = warm.submit(_warm_up, predictor)
             # Reading + validating chunk i+1 (a background thread) overlaps scoring chunk i (the
             # model releases the GIL); at most two chunks are in memory at once.
             chunks: Iterator[pd.DataFrame] = iter(reader)  # type: ignore[arg-type]
             validated = ((c, validate_frame(c, spec.fields)) for c in chunks)
             for chunk, result in _prefetch(validated):
+                ready.result()
                 out = score_chunk(predictor, chunk, report, result, explain)
                 _write_csv(out, fh, header=first)
                 first = False
@@ -79,6 +84,12 @@ def predict_csv(
 
 
 _END = object()
+
+
+def _warm_up(predictor: Predictor) -> None:
+    import pyarrow.csv  # noqa: F401  # imported here, off the scoring thread's first chunk
+
+    predictor.warm_up()
 
 
 def _prefetch(items: Iterator[T]) -> Iterator[T]:
