@@ -12,7 +12,13 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from portfolio.bankchurn.spec import SPEC as BANKCHURN
-from portfolio.core.fastpath import NotCompilable, compile_column_transformer, compile_pipeline, to_columns
+from portfolio.core.fastpath import (
+    NotCompilable,
+    compile_column_transformer,
+    compile_pipeline,
+    frame_to_columns,
+    to_columns,
+)
 from portfolio.core.features import tabular_preprocessor
 from portfolio.core.inference import Predictor
 from portfolio.core.registry import LoadedModel
@@ -28,23 +34,28 @@ def _typed(n: int, seed: int) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("scale", [False, True])
-def test_column_transformer_matches_scikit_learn(scale: bool) -> None:
+@pytest.mark.parametrize("rows", [50, 200])  # a request's per-value path; a batch's fused one
+def test_column_transformer_matches_scikit_learn(scale: bool, rows: int) -> None:
     train = _typed(300, 1)
     ct = tabular_preprocessor(["x1", "x2", "noise"], ["color"], scale=scale).fit(train)
-    test = _typed(50, 2)
+    test = _typed(rows, 2)
     test.loc[0, "color"] = "violet"  # unseen category → all zeros, like handle_unknown="ignore"
     test.loc[1, "color"] = None  # missing category → imputed constant
+    test.loc[rows - 1, "color"] = "violet"
     fast = compile_column_transformer(ct)(
         to_columns(test.to_dict("records"), synthetic.FIELDS)  # type: ignore[arg-type]
     )
     np.testing.assert_allclose(fast, ct.transform(test), atol=1e-12)
+    # A frame's missing text may be NaN instead of None.
+    cols = frame_to_columns(test, synthetic.FIELDS)
+    cols["color"] = cols["color"].copy()
+    cols["color"][1] = np.nan
+    np.testing.assert_allclose(compile_column_transformer(ct)(cols), ct.transform(test), atol=1e-12)
 
 
 def test_records_become_the_same_columns_with_or_without_every_field() -> None:
     """A request may leave an optional field out of its record: with or without every field,
     records give the frame's own columns, missing numbers as NaN."""
-    from portfolio.core.fastpath import frame_to_columns
-
     test = _typed(30, 5)
     test.loc[2, "x2"] = None
     test.loc[3, "color"] = None

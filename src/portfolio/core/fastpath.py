@@ -19,6 +19,7 @@ $0.09. Service-specific feature steps join by implementing one method:
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -96,10 +97,43 @@ def frame_to_columns(frame: Any, fields: Sequence[Field]) -> Columns:
 
 
 # --------------------------------------------------------------------------- column transformer
+def _impute_onehot(
+    impute: Callable[[Matrix], Matrix],
+    onehot: Callable[[Matrix], Matrix],
+    lookups: list[dict[Any, int]],
+    filled: np.ndarray,
+    total: int,
+) -> Callable[[Matrix], Matrix]:
+    """An object SimpleImputer followed by a OneHotEncoder, fused for batches: one dict lookup
+    per value (value → output column), and a missing-value test only for the values the lookup
+    does not know, instead of ``pd.isna`` over the whole block and a pandas index per column
+    (the 15 text columns of a 1,000-record TelecomAI batch: 2.0 vs 5.6 ms). Requests stay on the two steps' own
+    per-value paths."""
+    fill_codes = [lookup.get(value, -1) for lookup, value in zip(lookups, filled.tolist(), strict=True)]
+
+    def impute_onehot(m: Matrix) -> Matrix:
+        n = m.shape[0]
+        if n <= SMALL_BATCH_ROWS:
+            return onehot(impute(m))
+        codes = np.empty((len(lookups), n), dtype=np.intp)  # output column per value
+        for j, lookup in enumerate(lookups):
+            codes[j] = np.fromiter(map(lookup.get, m[:, j].tolist(), itertools.repeat(-2, n)), np.intp, n)
+        for j, i in zip(*np.nonzero(codes == -2), strict=True):
+            # Missing: the imputed value's column. Unknown: none (handle_unknown="ignore").
+            codes[j, i] = fill_codes[j] if pd.isna(m[i, j]) else -1
+        flat = (codes + np.arange(n) * total).ravel()  # positions in the flattened output
+        out = np.zeros(n * total, dtype=np.float64)
+        out[flat[codes.ravel() >= 0]] = 1.0
+        return out.reshape(n, total)
+
+    return impute_onehot
+
+
 def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Columns], Matrix]:
     """One ColumnTransformer branch: a chain of imputer/scaler/one-hot over some columns."""
     ops: list[Callable[[Matrix], Matrix]] = []
     categorical = False
+    filled: Any = None  # statistics of an object imputer just before a one-hot encoder
     for step in steps:
         if step == "passthrough" or step is None:
             continue
@@ -121,6 +155,8 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
                 return out
 
             ops.append(impute)
+            filled = stats if is_obj and indicator is None else None
+            continue
         elif isinstance(step, StandardScaler):
             mean = step.mean_ if step.with_mean else 0.0
             scale = step.scale_ if step.with_std else 1.0
@@ -169,10 +205,14 @@ def _compile_column_block(steps: list[Any], columns: list[str]) -> Callable[[Col
                     out[np.nonzero(hit)[0], offset + codes[hit]] = 1.0
                 return out
 
-            ops.append(onehot)
+            if filled is not None:
+                ops.append(_impute_onehot(ops.pop(), onehot, lookups, filled, sum(widths)))
+            else:
+                ops.append(onehot)
             categorical = True
         else:
             raise NotCompilable(f"column step {type(step).__name__}")
+        filled = None
 
     def run(cols: Columns) -> Matrix:
         # Filled column by column: one copy at any size (np.column_stack costs ~0.5 µs per
