@@ -226,7 +226,9 @@ def test_group_keys_are_the_same_for_small_and_large_inputs() -> None:
     rng = np.random.default_rng(0)
     n = 50
     cols = {
-        "model": np.array(rng.choice(["ford f-150", "bmw x5", None], n), dtype=object),
+        "model": np.array(
+            rng.choice(np.array(["ford f-150", "bmw x5", None, np.nan], dtype=object), n), dtype=object
+        ),
         "odometer": np.where(rng.random(n) < 0.2, np.nan, rng.integers(0, 300_000, n).astype(float)),
         "model_year": rng.integers(1990, 2019, n).astype(float),
     }
