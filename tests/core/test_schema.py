@@ -1,16 +1,21 @@
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
+import orjson
 import pandas as pd
 import pydantic
 import pytest
 
 from portfolio.core.schema import (
+    Field,
     MissingColumnsError,
     pandera_schema,
     parse_date,
+    plain_dict_validators,
+    plainly_valid_batch,
     request_model,
     validate_frame,
 )
@@ -145,3 +150,71 @@ def test_parse_date_accepts_exactly_what_pandas_accepts(fmt: str) -> None:
             assert got is None, (fmt, text, got)
         else:
             assert got is not None and pd.Timestamp(got) == expected, (fmt, text, got, expected)
+
+
+def _candidates(f: Field) -> list[object]:
+    """Values to try in a field: valid ones, ones the request models convert, invalid ones."""
+    values: list[object] = [None, True, [], {}]
+    if f.kind in ("int", "float"):
+        lo, hi = f.min if f.min is not None else -1e6, f.max if f.max is not None else 1e6
+        values += [lo, hi, (lo + hi) / 2, int(lo), str(lo), lo - 1, hi + 1, 2**70, -(2**70), 1e300]
+        values += [float(int(lo)), int(hi) + 0.5]  # 5.0 for an int: converted; 5.5: an error
+    elif f.kind == "category" and f.categories:
+        values += [*f.categories, "nope", "", 1, f.categories[0].upper()]
+    elif f.kind == "date":
+        values += [f.example, f" {f.example} ", "13/45/2019", "02/30/2019", "2019-01-06", 12, ""]
+    else:
+        values += ["x", "x" * 200, "x" * 201, "", 7, f.example]
+    return values
+
+
+@pytest.mark.parametrize("service", ["bankchurn", "carvision", "telecom", "synthetic"])
+def test_plainly_valid_batches_are_accepted_by_the_request_models_with_the_same_columns(service: str) -> None:
+    """``plainly_valid_batch`` (the batch endpoint's fast check) may only accept what the
+    request models accept, and must give the same columns; anything else it leaves to them."""
+    from portfolio.core.fastpath import to_columns
+    from portfolio.services import SERVICES
+
+    fields = FIELDS if service == "synthetic" else SERVICES[service].fields
+    record = request_model("Record", fields)
+    batch = pydantic.create_model(
+        "Batch",
+        __config__=pydantic.ConfigDict(extra="forbid"),
+        records=(list[record], pydantic.Field(..., min_length=1, max_length=4)),  # type: ignore[valid-type]
+    )
+    _, batch_validator = plain_dict_validators(record, batch)
+    base = {f.name: f.example for f in fields}
+    variants: list[dict[str, object]] = []
+    for f in fields:
+        variants += [{**base, f.name: v} for v in _candidates(f)]
+        left_out = {k: v for k, v in base.items() if k != f.name}
+        variants += [left_out, {**left_out, f"{f.name}_": 1}]  # left out; instead of an unknown one
+    variants.append({**base, "unknown": 1})
+    bodies: list[object] = [{"records": [base]}, {"records": []}, {"records": [base] * 5}, {"records": base}]
+    bodies += [{"records": [base], "more": 1}, {"records": [1]}, [base], {"records": [base, base]}]
+    rng = np.random.default_rng(0)
+    bodies += [{"records": [base, v]} for v in variants]
+    bodies += [{"records": [variants[i] for i in rng.choice(len(variants), 3)]} for _ in range(200)]
+    fast_taken = converted = 0
+    for body in bodies:
+        text = json.dumps(body).encode()
+        fast = plainly_valid_batch(orjson.loads(text), fields, 4)
+        try:
+            slow = batch_validator.validate_json(text)["records"]
+        except pydantic.ValidationError:
+            assert fast is None, body  # the fast check accepted something the models reject
+            continue
+        if fast is None:
+            converted += 1
+            continue
+        fast_taken += 1
+        assert fast.records == orjson.loads(text)["records"]
+        got, want = to_columns(fast.records, fields, fast.values), to_columns(slow, fields)
+        for f in fields:
+            if f.kind in ("int", "float", "date"):
+                assert np.array_equal(got[f.name], want[f.name], equal_nan=True), (f.name, body)
+            else:
+                assert got[f.name].tolist() == want[f.name].tolist(), (f.name, body)
+    # Both paths were exercised: plainly valid batches, and ones only the models accept (5.0 for
+    # an int, a date with spaces, ...).
+    assert fast_taken >= 20 and converted >= 1, (fast_taken, converted)

@@ -34,7 +34,7 @@ from portfolio.core import registry
 from portfolio.core.inference import Predictor
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
-from portfolio.core.schema import plain_dict_validators, request_model
+from portfolio.core.schema import PlainBatch, plain_dict_validators, plainly_valid_batch, request_model
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
 
@@ -358,8 +358,13 @@ def create_app(
 
     prediction_counters: dict[str, Any] = {}
 
-    def respond(p: Predictor, rows: list[dict[str, Any]], explain: bool) -> list[dict[str, Any]]:
-        out = p.predict_records(rows, explain)
+    def respond(
+        p: Predictor,
+        rows: list[dict[str, Any]],
+        explain: bool,
+        values: Mapping[str, Sequence[Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        out = p.predict_records(rows, explain, values)
         counts: dict[str, int] = {}
         for item in out:
             item["model_version"] = p.version
@@ -398,18 +403,30 @@ def create_app(
     # request's time in a profile). The OpenAPI documents the same models (see ``_body_schema``).
     record_validator, batch_validator = plain_dict_validators(Record, Batch)
 
-    async def parse(request: Request, validator: Any) -> Any:
-        body = await request.body()
+    def parse(body: bytes, validator: Any) -> Any:
         try:
             return validator.validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
 
+    def batch_records(body: bytes) -> PlainBatch:
+        """A batch's records (and each field's values): checked column by column when every
+        value is plainly valid, else by the request models, which also convert what they may
+        and name every error."""
+        try:
+            batch = plainly_valid_batch(orjson.loads(body), spec.fields, settings.max_batch_size)
+        except orjson.JSONDecodeError:
+            batch = None
+        if batch is None:
+            records = parse(body, batch_validator)["records"]
+            batch = PlainBatch(records, {f.name: [r.get(f.name) for r in records] for f in spec.fields})
+        return batch
+
     @app.post("/predict", tags=["predict"], openapi_extra=_body_schema(Record), responses=PREDICT_RESPONSES)
     async def predict(request: Request, explain: bool = EXPLAIN_QUERY) -> Response:
         """Score one record."""
         require_key(request)
-        record = await parse(request, record_validator)
+        record = parse(await request.body(), record_validator)
         p = require_model()
         return _json(respond(p, [record], explain)[0])
 
@@ -419,11 +436,15 @@ def create_app(
     async def predict_batch(request: Request, explain: bool = EXPLAIN_QUERY) -> Response:
         """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
         require_key(request)
-        batch = await parse(request, batch_validator)
+        batch = batch_records(await request.body())
         p = require_model()
-        rows = batch["records"]
+        rows = batch.records
         return _json(
-            {"predictions": respond(p, rows, explain), "model_version": p.version, "count": len(rows)}
+            {
+                "predictions": respond(p, rows, explain, batch.values),
+                "model_version": p.version,
+                "count": len(rows),
+            }
         )
 
     @app.post("/explain", tags=["predict"], dependencies=[Depends(require_key)], responses=PREDICT_RESPONSES)

@@ -8,7 +8,7 @@ cannot be compiled, the same outputs come from the scikit-learn pipeline on a Da
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -123,11 +123,15 @@ class Predictor:
         return pd.DataFrame(out, index=typed.index)
 
     def predict_records(
-        self, records: Sequence[dict[str, Any]], explain: bool = True
+        self,
+        records: Sequence[dict[str, Any]],
+        explain: bool = True,
+        values: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        """API path: records already validated by the request model; no DataFrame on the
+        """API path: records already validated by the request model (``values``: each field's
+        values already taken out of them, see ``fastpath.to_columns``); no DataFrame on the
         compiled path."""
-        out = self._outputs(to_columns(records, self.spec.fields), explain)
+        out = self._outputs(to_columns(records, self.spec.fields, values), explain)
         keys = list(out)
         columns = [out[k].tolist() for k in keys]
         return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
