@@ -37,7 +37,11 @@ def _established(pid: int, port: int) -> int:
 
 
 def test_sigterm_lets_in_flight_requests_finish_then_exits_0(bank_state: Settings, tmp_path: Path) -> None:
-    n_clients, rows = 12, 1000
+    # Enough queued work that requests are still waiting when the first answer is seen: the
+    # server scores one batch at a time, ~15 ms per 1,000 records, and this process may be slow
+    # to notice an answer (with 12 batches of 1,000, one CI run saw every one answered before
+    # its SIGTERM). 12 batches of 5,000 records: ~1 s of queued work.
+    n_clients, rows = 12, 5000
     body = {"records": [RECORD] * rows}
     results: list[tuple[int | str, float]] = [("not sent", 0.0)] * n_clients
     release = threading.Event()
@@ -54,7 +58,8 @@ def test_sigterm_lets_in_flight_requests_finish_then_exits_0(bank_state: Setting
                 results[i] = (f"{type(exc).__name__}: {exc}", time.monotonic())
             release.wait(30)
 
-    with live_api("bankchurn", state_env(bank_state), tmp_path) as api:
+    env = state_env(bank_state, PORTFOLIO_MAX_BATCH_SIZE=str(rows))
+    with live_api("bankchurn", env, tmp_path) as api:
         port = int(api.url.rsplit(":", 1)[1])
         threads = [threading.Thread(target=client, args=(i,)) for i in range(n_clients)]
         for t in threads:
