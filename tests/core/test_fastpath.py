@@ -235,3 +235,73 @@ def test_warm_up_does_the_one_off_work_so_requests_do_not() -> None:
     booster.inplace_predict = forbidden  # type: ignore[method-assign]
     out = predictor.predict_records([{"x1": 0.3, "x2": 2, "color": "blue", "noise": 0.0}])
     assert 0 <= out[0]["probability"] <= 1
+
+
+class Doubled(TransformerMixin, BaseEstimator):
+    """A derived column that depends on two inputs, as the services' feature steps have."""
+
+    def fit(self, X: pd.DataFrame, y: object = None) -> Doubled:
+        return self
+
+    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
+        cols = {c: X[c].to_numpy() for c in X.columns}
+        return pd.DataFrame(self.transform_columns(cols), index=X.index)
+
+    def transform_columns(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = dict(cols)
+        red = np.asarray(cols["color"], dtype=object) == "red"
+        out["x1_if_red"] = np.where(red, np.asarray(cols["x1"], dtype=np.float64), 0.0)
+        return out
+
+
+@pytest.mark.parametrize("model", ["logistic", "forest"])
+def test_substitutions_equal_scoring_every_substituted_row(model: str) -> None:
+    """The compiled shortcut (rows already at their substitute keep their score; only changed
+    input columns are re-encoded) gives the scores of scoring each substituted row in full:
+    missing values in the rows, a missing substitute, an unseen category, a derived column."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from portfolio.core.explain import substitution_scores
+
+    train = _typed(400, 11)
+    y = synthetic.make_frame(400, 11)["label"]
+    estimator = LogisticRegression() if model == "logistic" else RandomForestClassifier(30, random_state=0)
+    pipe = Pipeline(
+        [
+            ("derived", Doubled()),
+            ("prep", tabular_preprocessor(["x1", "x2", "noise", "x1_if_red"], ["color"], scale=True)),
+            ("model", estimator),
+        ]
+    ).fit(train, y)
+    fast = compile_pipeline(pipe, "classification")
+    test = _typed(300, 12)
+    test.loc[::9, "color"] = None
+    test.loc[5, "color"] = "violet"
+    test.loc[::4, "x1"] = 0.25  # a third of the rows already hold x1's substitute
+    cols = frame_to_columns(test, synthetic.FIELDS)
+    substitutes = {"x1": 0.25, "x2": None, "color": "red", "noise": 0.0}
+    scores, substituted = fast.substitutions(cols, substitutes)
+    expected_scores, expected = substitution_scores(fast, cols, substitutes)
+    np.testing.assert_allclose(scores, expected_scores, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(substituted, expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores, pipe.predict_proba(test)[:, 1], rtol=0, atol=1e-12)
+    # The substitutions move the scores, and not where the row already holds the substitute.
+    assert np.abs(substituted - scores[:, None]).max() > 0.05
+    assert np.array_equal(substituted[::4, 0], scores[::4])
+    assert (np.abs(substituted[1::4, 0] - scores[1::4]) > 0).mean() > 0.5
+
+
+def test_patching_an_encoding_equals_encoding_afresh() -> None:
+    """The column transformer's patch re-encodes just the changed values, each distinct value
+    once, and gives the encoding of the new rows, missing and unseen values included."""
+    train = _typed(300, 13)
+    ct = tabular_preprocessor(["x1", "x2", "noise"], ["color"], scale=True).fit(train)
+    enc = compile_column_transformer(ct)
+    before = frame_to_columns(_typed(120, 14), synthetic.FIELDS)
+    after = {c: v.copy() for c, v in before.items()}
+    after["x2"][::3] = np.nan
+    after["x2"][1::3] = 7.0
+    after["color"][::5] = None
+    after["color"][2::5] = "violet"
+    patched = enc.patch(enc(before), after, before)
+    np.testing.assert_allclose(patched, ct.transform(pd.DataFrame(after)), rtol=0, atol=1e-12)

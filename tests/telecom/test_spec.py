@@ -206,3 +206,37 @@ def test_customer_intelligence_outputs_for_a_wrapped_pipeline() -> None:
     assert out["top_factors"] == top_factors(contrib.loc[rows.index], rows, k=3)
     by_contract = contrib["Contract"].groupby(X["Contract"]).mean()
     assert by_contract["Month-to-month"] > by_contract["Two year"] + 0.2
+
+
+def test_batch_attributions_take_the_compiled_shortcut_and_equal_the_pipelines() -> None:
+    """A batch (more rows than a request) is explained through the compiled substitutions
+    (rows already at the reference keep their score, only changed columns are re-encoded): the
+    same probabilities and contributions as scoring every substituted row with the fitted
+    pipeline, hence the same top_factors."""
+    X, y = typed_frame(400)
+    model = FixedThresholdClassifier(
+        soft_voting_pipeline(SMALL), threshold=0.5, response_method="predict_proba"
+    ).fit(X, y)
+    predictor = Predictor(SPEC, LoadedModel("telecom", "1", model, "sha", None))
+    assert predictor.compiled, predictor.inference
+    rows = X.iloc[:150]
+    cols = frame_to_columns(rows, SPEC.fields)
+    ref = find_step(model, ReferenceProfile).reference_
+    calls: list[int] = []
+    fast = predictor._fast
+    assert fast is not None
+    original = fast.substitutions
+
+    def recording(c: dict[str, np.ndarray], s: dict[str, object]) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(next(iter(c.values()))))
+        return original(c, s)
+
+    fast.substitutions = recording  # type: ignore[method-assign]
+    out = customer_intelligence(cols, None, predictor)
+    assert calls == [150]
+    contrib = reference_contributions(lambda f: model.predict_proba(f)[:, 1], rows, ref)
+    np.testing.assert_allclose(out["probability"], model.predict_proba(rows)[:, 1], atol=1e-6, rtol=0)
+    names = list(SPEC.feature_names)
+    proba, substituted = predictor.substitution_scores(cols, {c: ref[c] for c in names})
+    np.testing.assert_allclose(logit(proba)[:, None] - logit(substituted), contrib.to_numpy(), atol=1e-5)
+    assert out["top_factors"] == top_factors(contrib, rows, k=3)

@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from portfolio.core.fastpath import filled_like
+
 # Types of this module that skops may load (a spec using them lists these in ``trusted_types``).
 EXPLAIN_TRUSTED_TYPES: tuple[str, ...] = ("portfolio.core.explain.ReferenceProfile",)
 
@@ -79,28 +81,19 @@ def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
 Columns = dict[str, np.ndarray]
 
 
-def _missing_as(values: np.ndarray, value: Any) -> Any:
-    """``value`` as a column of ``values``' dtype holds it (NaN for a missing number)."""
-    return np.nan if value is None and values.dtype.kind == "f" else value
-
-
-def _fill(values: np.ndarray, value: Any, m: int) -> np.ndarray:
-    """``m`` copies of ``value`` in the dtype of ``values``."""
-    return np.full(m, _missing_as(values, value), dtype=values.dtype)
-
-
-def reference_scores_and_contributions(
+def substitution_scores(
     score: Callable[[Columns], Any],
     cols: Columns,
-    reference: Mapping[str, Any],
+    substitutes: Mapping[str, Any],
     *,
-    columns: Sequence[str] | None = None,
     block_rows: int = 2000,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """P(class 1) per row and the rows x ``columns`` log-odds contribution matrix, from ONE model
-    call per block: the block's own rows are scored together with their single-column
-    substitutions (a one-record request pays one call's fixed cost, not two)."""
-    names = list(columns or cols)
+    """Scores of the rows, and (rows x len(substitutes)) of each row with one column set to its
+    substitute, by scoring every substituted row: ONE model call per block, the block's own
+    rows stacked with their single-column substitutions (a one-record request pays one call's
+    fixed cost, not two). Any ``score``; the compiled fast path has a faster equivalent
+    (``fastpath.CompiledPipeline.substitutions``)."""
+    names = list(substitutes)
     n = len(next(iter(cols.values())))
     proba = np.zeros(n)
     out = np.zeros((n, len(names)))
@@ -112,22 +105,45 @@ def reference_scores_and_contributions(
         for c, values in cols.items():
             block = values[start:stop]
             j = names.index(c) if c in names else -1
-            # Variants 0..k-1 substitute one column (c takes the reference value in variant j);
+            # Variants 0..k-1 substitute one column (c takes its substitute in variant j);
             # variant k is the row itself.
             if m <= 64 and block.dtype.kind in "biufO":  # a request: lists beat np.tile (~1 vs 5 µs)
                 listed = block.tolist() * (k + 1)
                 if j >= 0:
-                    listed[j * m : (j + 1) * m] = [_missing_as(block, reference[c])] * m
+                    listed[j * m : (j + 1) * m] = filled_like(block, substitutes[c], 1).tolist() * m
                 variants[c] = np.array(listed, dtype=block.dtype)
                 continue
             stacked = np.tile(block, k + 1)
             if j >= 0:
-                stacked[j * m : (j + 1) * m] = _fill(block, reference[c], m)
+                stacked[j * m : (j + 1) * m] = filled_like(block, substitutes[c], m)
             variants[c] = stacked
         p = np.asarray(score(variants), dtype=float).reshape(k + 1, m)
         proba[start:stop] = p[k]
-        out[start:stop] = logit(p[k])[:, None] - logit(p[:k].T)
+        out[start:stop] = p[:k].T
     return proba, out
+
+
+def reference_scores_and_contributions(
+    score: Callable[[Columns], Any],
+    cols: Columns,
+    reference: Mapping[str, Any],
+    *,
+    columns: Sequence[str] | None = None,
+    block_rows: int = 2000,
+) -> tuple[np.ndarray, np.ndarray]:
+    """P(class 1) per row and the rows x ``columns`` log-odds contribution matrix (see the
+    module's docstring), by scoring every substituted row."""
+    names = list(columns or cols)
+    proba, substituted = substitution_scores(
+        score, cols, {c: reference[c] for c in names}, block_rows=block_rows
+    )
+    return proba, contributions_from_scores(proba, substituted)
+
+
+def contributions_from_scores(proba: np.ndarray, substituted: np.ndarray) -> np.ndarray:
+    """Log-odds contribution of each substituted column: logit(p(x)) - logit(p(x with it at the
+    reference)); exactly 0 where the row already holds the reference value."""
+    return np.asarray(logit(proba)[:, None] - logit(substituted))
 
 
 def reference_contributions_columns(
@@ -185,14 +201,25 @@ def top_factors_columns(
     """Columnar core of ``top_factors``: ``contributions`` is rows x ``names``."""
     values = np.asarray(contributions)
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(values, order, axis=1).tolist()
+    listed: dict[int, list[Any]] = {}  # column → its values as Python objects, when first needed
+    shown: dict[tuple[int, type, Any], str] = {}  # (column, value) → "name=value" (batches repeat them)
     texts: list[str] = []
-    for i, idx in enumerate(order):
+    for i, (idx, cs) in enumerate(zip(order.tolist(), top, strict=True)):
         parts = []
-        for j in idx:
-            c = values[i, j]
+        for j, c in zip(idx, cs, strict=True):
             if abs(c) < min_abs:
                 continue
-            parts.append(f"{names[j]}={_format_value(cols[names[j]][i])} ({c:+.2f})")
+            if j not in listed:
+                listed[j] = np.asarray(cols[names[j]]).tolist()
+            value = listed[j][i]
+            key = (j, type(value), value)  # the type too: 1 and True are equal keys
+            label = shown.get(key) if isinstance(value, str | float | int | bool) else None
+            if label is None:
+                label = f"{names[j]}={_format_value(value)}"
+                if isinstance(value, str | float | int | bool):
+                    shown[key] = label
+            parts.append(f"{label} ({c:+.2f})")
         texts.append("; ".join(parts))
     return texts
 

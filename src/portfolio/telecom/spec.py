@@ -39,8 +39,8 @@ from xgboost import XGBClassifier
 from portfolio.core.explain import (
     EXPLAIN_TRUSTED_TYPES,
     ReferenceProfile,
+    contributions_from_scores,
     find_step,
-    reference_scores_and_contributions,
     top_factors_columns,
 )
 from portfolio.core.features import tabular_preprocessor
@@ -285,9 +285,8 @@ def customer_intelligence(
     if profile is None:
         raise RuntimeError("telecom model has no ReferenceProfile step: retrain it with this version")
     names = list(predictor.spec.feature_names)
-    proba, contributions = reference_scores_and_contributions(
-        predictor.scores_columns, cols, profile.reference_, columns=names
-    )
+    proba, substituted = predictor.substitution_scores(cols, {c: profile.reference_[c] for c in names})
+    contributions = contributions_from_scores(proba, substituted)
     return {
         "probability": proba,
         "at_risk": proba >= threshold,
