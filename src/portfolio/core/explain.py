@@ -203,22 +203,25 @@ def top_factors_columns(
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(values, order, axis=1).tolist()
     listed: dict[int, list[Any]] = {}  # column → its values as Python objects, when first needed
-    shown: dict[tuple[int, type, Any], str] = {}  # (column, value) → "name=value" (batches repeat them)
+    # (column, value) → "name=value": a batch repeats its values. Only text and floats are
+    # kept, so that equal values of other types (1 and True) never share a label.
+    labels: dict[tuple[int, Any], str] = {}
     texts: list[str] = []
     for i, (idx, cs) in enumerate(zip(order.tolist(), top, strict=True)):
         parts = []
         for j, c in zip(idx, cs, strict=True):
             if abs(c) < min_abs:
                 continue
-            if j not in listed:
-                listed[j] = np.asarray(cols[names[j]]).tolist()
-            value = listed[j][i]
-            key = (j, type(value), value)  # the type too: 1 and True are equal keys
-            label = shown.get(key) if isinstance(value, str | float | int | bool) else None
+            column = listed.get(j)
+            if column is None:
+                column = listed[j] = np.asarray(cols[names[j]]).tolist()
+            value = column[i]
+            kind = type(value)
+            label = labels.get((j, value)) if kind is str or kind is float else None
             if label is None:
                 label = f"{names[j]}={_format_value(value)}"
-                if isinstance(value, str | float | int | bool):
-                    shown[key] = label
+                if kind is str or kind is float:
+                    labels[j, value] = label
             parts.append(f"{label} ({c:+.2f})")
         texts.append("; ".join(parts))
     return texts

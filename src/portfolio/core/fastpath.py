@@ -299,12 +299,20 @@ class CompiledColumnTransformer:
     def __call__(self, cols: Columns) -> Matrix:
         return np.hstack([b(cols) for b in self.blocks])
 
-    def patch(self, matrix: Matrix, cols: Columns, before: Columns) -> Matrix:
+    def patch(
+        self,
+        matrix: Matrix,
+        cols: Columns,
+        before: Columns,
+        changed: Mapping[str, np.ndarray] | None = None,
+    ) -> Matrix:
         """``matrix`` (the encoding of rows ``before``) made the encoding of rows ``cols``:
         only the input values that differ are encoded, each distinct value once (a reference
-        substitution changes one or two input columns of a row)."""
+        substitution changes one or two input columns of a row). ``changed``: the rows where
+        a column differs, when the caller knows them (else the values are compared)."""
         for name, places in self.inputs.items():
-            rows = np.flatnonzero(~same_values(cols[name], before[name]))
+            known = None if changed is None else changed.get(name)
+            rows = np.flatnonzero(~same_values(cols[name], before[name])) if known is None else known
             if not len(rows):
                 continue
             values = cols[name][rows]
@@ -784,12 +792,20 @@ class CompiledPipeline:
             return scores, out
         which = np.repeat(np.arange(len(names)), [len(r) for r in changed])
         variants = {c: v[rows] for c, v in cols.items()}
+        segments: dict[str, np.ndarray] = {}  # field → the variant rows that substitute it
         start = 0
         for c, r in zip(names, changed, strict=True):
             variants[c][start : start + len(r)] = filled_like(cols[c], substitutes[c], len(r))
+            segments[c] = np.arange(start, start + len(r))
             start += len(r)
         before = {c: v[rows] for c, v in features.items()}
-        encoded = self.encoder.patch(matrix[rows], self.features(variants), before)
+        varied = self.features(variants)
+        # A field the feature steps pass through as it is (the same array) differs from the
+        # rows only where it is substituted: no need to compare its values.
+        known = {
+            c: segments.get(c, np.empty(0, dtype=np.intp)) for c in variants if varied.get(c) is variants[c]
+        }
+        encoded = self.encoder.patch(matrix[rows], varied, before, known)
         out[rows, which] = self.model_fn(encoded)
         return scores, out
 
