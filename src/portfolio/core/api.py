@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -31,7 +32,7 @@ from pydantic import Field as PydField
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portfolio.core import registry
-from portfolio.core.inference import Predictor
+from portfolio.core.inference import Predictor, as_records
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
 from portfolio.core.schema import PlainBatch, plain_dict_validators, plainly_valid_batch, request_model
@@ -364,23 +365,27 @@ def create_app(
         explain: bool,
         values: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
-        out = p.predict_records(rows, explain, values)
-        counts: dict[str, int] = {}
-        for item in out:
-            item["model_version"] = p.version
-            if spec.task == "classification":
-                item["threshold"] = p.threshold
-                label = str(item["prediction"])
+        out = p.predict_columns(rows, explain, values)
+        constants: dict[str, Any] = {"model_version": p.version}
+        if spec.task == "classification":
+            constants["threshold"] = p.threshold
+            predictions = out["prediction"]
+            if len(predictions) <= 64:  # a request: a loop costs less than np.unique (~1 vs 5 µs)
+                tally: dict[str, int] = {}
+                for label in map(str, predictions.tolist()):
+                    tally[label] = tally.get(label, 0) + 1
             else:
-                label = "price"
-            counts[label] = counts.get(label, 0) + 1
-        for label, n in counts.items():  # one increment per label, not per record (a batch: 1,000)
+                labels, counts = np.unique(predictions, return_counts=True)
+                tally = {str(k): int(n) for k, n in zip(labels.tolist(), counts.tolist(), strict=True)}
+        else:
+            tally = {"price": len(rows)}
+        for label, n in tally.items():  # one increment per label, not per record (a batch: 1,000)
             counter = prediction_counters.get(label)
             if counter is None:
                 counter = prediction_counters[label] = metrics.predictions.labels(spec.name, label)
             counter.inc(n)
-        monitor.observe(rows, [item[score_key] for item in out])
-        return out
+        monitor.observe(rows, out[score_key].tolist())
+        return as_records(out, constants)
 
     @app.post(
         "/admin/reload", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN_RESPONSES

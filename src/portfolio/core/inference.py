@@ -7,6 +7,7 @@ cannot be compiled, the same outputs come from the scikit-learn pipeline on a Da
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -147,7 +148,26 @@ class Predictor:
         """API path: records already validated by the request model (``values``: each field's
         values already taken out of them, see ``fastpath.to_columns``); no DataFrame on the
         compiled path."""
-        out = self._outputs(to_columns(records, self.spec.fields, values), explain)
-        keys = list(out)
-        columns = [out[k].tolist() for k in keys]
-        return [dict(zip(keys, row, strict=True)) for row in zip(*columns, strict=True)]
+        return as_records(self.predict_columns(records, explain, values))
+
+    def predict_columns(
+        self,
+        records: Sequence[dict[str, Any]],
+        explain: bool = True,
+        values: Mapping[str, Sequence[Any]] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """``predict_records``' outputs as one array per output column."""
+        return self._outputs(to_columns(records, self.spec.fields, values), explain)
+
+
+def as_records(
+    columns: Mapping[str, np.ndarray], constants: Mapping[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """Output columns → one dict per row (numpy values as Python ones), with ``constants``
+    (e.g. the model version) in every dict."""
+    if not columns:
+        return []
+    keys = [*columns, *(constants or {})]
+    listed = [np.asarray(c).tolist() for c in columns.values()]
+    listed += [itertools.repeat(v) for v in (constants or {}).values()]  # type: ignore[misc]
+    return [dict(zip(keys, row)) for row in zip(*listed)]  # noqa: B905 (repeat is endless)
