@@ -129,6 +129,9 @@ def test_vehicle_features_derive_age_make_and_mileage() -> None:
     # Unknown model year → unknown age and mileage per year (the trees route missing values).
     assert np.isnan(out.loc[2, "vehicle_age"]) and np.isnan(out.loc[2, "miles_per_year"])
     assert out["condition_score"].between(0, 5).all()
+    # A batch maps each distinct model and condition once; a request value by value: the same.
+    for i in (0, 1, 7):
+        pd.testing.assert_frame_equal(vf.transform(X.iloc[[i]]), out.iloc[[i]])
 
 
 def test_price_stats_are_cross_fitted_during_training() -> None:

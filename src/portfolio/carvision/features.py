@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -124,6 +124,16 @@ def _text(values: np.ndarray, missing: str = MISSING_CATEGORY) -> np.ndarray:
     codes, uniques = pd.factorize(np.asarray(values, dtype=object))
     table = np.array([*(_normalise(u, missing) for u in uniques), missing], dtype=object)
     return table[codes]
+
+
+def _per_distinct(text: np.ndarray, fn: Callable[[str], Any], dtype: Any) -> np.ndarray:
+    """``fn`` of each value of normalised ``text`` (no missing values), computed once per
+    distinct value for batches (a batch of listings repeats a few hundred models)."""
+    if len(text) > SMALL_ROWS:
+        codes, uniques = pd.factorize(text)
+        if not (codes < 0).any():
+            return np.array([fn(u) for u in uniques], dtype=dtype)[codes]
+    return np.array([fn(t) for t in text], dtype=dtype)
 
 
 def _float(values: np.ndarray) -> np.ndarray:
@@ -266,7 +276,7 @@ class VehicleFeatures(_ColumnTransformer):
             "vehicle_age": age,
             "odometer": odometer,
             "miles_per_year": odometer / np.maximum(age, MIN_AGE_YEARS),
-            "condition_score": np.array([CONDITION_SCORE.get(c, np.nan) for c in cond], dtype=np.float64),
+            "condition_score": _per_distinct(cond, lambda c: CONDITION_SCORE.get(c, np.nan), np.float64),
             "cylinders": _float(cols["cylinders"]),
             "is_4wd": np.where(np.isnan(is_4wd), 0.0, is_4wd),
             "days_listed": np.where(np.isnan(listed), self.days_listed_fill_, listed),
@@ -275,7 +285,7 @@ class VehicleFeatures(_ColumnTransformer):
             "transmission": _text(cols["transmission"]),
             "type": _text(cols["type"]),
             "paint_color": _text(cols["paint_color"]),
-            "make": np.array([m.split(" ", 1)[0] for m in model], dtype=object),
+            "make": _per_distinct(model, lambda m: m.split(" ", 1)[0], object),
             "model": model,
         }
 
