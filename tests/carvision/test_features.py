@@ -266,3 +266,35 @@ def test_price_stats_small_requests_match_the_batch_path() -> None:
             assert np.array_equal(small[name], large[name][start : start + SMALL_ROWS], equal_nan=True), name
     assert (large["same_listing_n"][:20] >= 1).all()  # every training listing finds itself
     assert np.isnan(large["model_logprice"][-3:]).all() and (large["model_n"][-3:] == 0).all()
+
+
+def test_key_plan_shares_prefixes_and_gives_each_groups_own_keys() -> None:
+    """The price groups' keys computed together (shared leading columns computed once) equal
+    each group's keys computed alone, for requests and batches, with missing values."""
+    from portfolio.carvision.features import PRICE_GROUPS, SMALL_ROWS, KeyPlan, group_keys
+
+    X, _ = typed(raw_frame(60))
+    cols = VehicleFeatures().fit(X).transform_columns(frame_to_columns(X, SPEC.fields))
+    groups = [names for _, names in PRICE_GROUPS]
+    plan = KeyPlan(groups)
+    assert len(plan.nodes) < sum(map(len, groups)) / 3  # the relaxed listing keys share a prefix
+    for rows in (slice(0, 60), slice(0, SMALL_ROWS), slice(5, 6)):
+        part = {c: v[rows] for c, v in cols.items()}
+        together = plan.keys(part)
+        for names, keys in zip(groups, together, strict=True):
+            assert np.array_equal(keys, group_keys(part, names)), names
+    assert len(np.unique(plan.keys(cols)[0])) > 20  # the listing keys do tell rows apart
+
+
+def test_group_keys_do_not_change_between_versions() -> None:
+    """A trained model's price tables hold these keys: a change to the hashing would make every
+    registered model silently miss its re-posts. Values computed by the code that trained them."""
+    cols = {
+        "model": np.array(["ford f-150", None, "bmw x5"], dtype=object),
+        "model_year": np.array([2011.0, np.nan, 2019.0]),
+        "odometer": np.array([145000.0, 0.0, np.nan]),
+    }
+    request = group_keys(cols, ("model", "model_year", "odometer"))
+    assert request.tolist() == [4072108106110682053, 10797130126772452424, 2009402110572790305]
+    batch = group_keys({c: np.concatenate([v] * 4) for c, v in cols.items()}, ("model_year", "model"))
+    assert batch[:3].tolist() == [6982553326573805264, 17598757240609794271, 872801291205717468]
