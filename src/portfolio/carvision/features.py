@@ -412,6 +412,13 @@ class PriceStats(_ColumnTransformer):
             out[f"{name}_logprice"], out[f"{name}_n"] = mean, count
         return columns_to_frame(out, index=X.index)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The lookup caches are rebuilt on first use: never saved with the model.
+        state = dict(super().__getstate__())
+        state.pop("_plan_cache", None)
+        state.pop("_combined_cache", None)
+        return state
+
     def _plan(self) -> KeyPlan:
         cache: dict[str, Any] = self.__dict__.setdefault("_plan_cache", {})  # built on first use
         if "plan" not in cache:
