@@ -159,6 +159,40 @@ def test_refit_full_registers_a_model_fitted_on_all_rows(tmp_path: Path) -> None
     assert ref["rows"] == 800 and ref["source"].startswith("all rows")
 
 
+def test_a_refit_regressor_can_calibrate_its_interval_on_the_holdout(tmp_path: Path) -> None:
+    """``refit_interval_coverage``: the refit model's interval comes from the split model's
+    hold-out residuals at that level; the split model's own figures are unchanged; misuse is a
+    clear error naming the parameter."""
+    import mlflow
+
+    from portfolio.core.estimators import conformal_log_quantiles
+    from portfolio.core.training import HOLDOUT_PREDICTIONS_ARTIFACT
+
+    spec = synthetic.REGRESSOR
+    data = tmp_path / "data"
+    data.mkdir()
+    synthetic.write_csv(data / "synth.csv", n=800)
+    settings = make_settings(tmp_path / "s", data_dir=data, cv_folds=3)
+    plain = train_service(spec, settings, params={"refit_full": True})
+    out = train_service(spec, settings, params={"refit_full": True, "refit_interval_coverage": 0.6})
+    assert out.test == plain.test and out.cv == plain.cv
+    holdout = mlflow.artifacts.load_dict(f"runs:/{out.run_id}/{HOLDOUT_PREDICTIONS_ARTIFACT}")
+    expected = conformal_log_quantiles(np.asarray(holdout["actual"]), np.asarray(holdout["pred"]), 0.6)
+    served = registry.load_version(spec, settings, out.version).model
+    assert (served.q_low, served.q_high) == pytest.approx(expected, abs=1e-12)
+    before = registry.load_version(spec, settings, plain.version).model
+    assert served.q_high - served.q_low < before.q_high - before.q_low  # a 60% interval is narrower
+    params = MlflowClient().get_run(out.run_id).data.params
+    assert float(params["refit_interval_coverage"]) == 0.6
+    assert float(params["served_interval_q_low"]) == pytest.approx(expected[0])
+    card = (settings.resolved_models_dir / spec.name / "model_card.md").read_text()
+    assert "calibrated on the split model's hold-out log-ratio residuals at 60%" in card
+    with pytest.raises(ValueError, match="refit_interval_coverage needs a regressor with refit_full"):
+        train_service(spec, settings, params={"refit_interval_coverage": 0.6})
+    with pytest.raises(ValueError, match=r"refit_interval_coverage must be a number in \(0, 1\)"):
+        train_service(spec, settings, params={"refit_full": True, "refit_interval_coverage": 80})
+
+
 def test_gate_uses_the_logged_holdout_metric_of_a_refit_champion(env: tuple[Settings, Path]) -> None:
     settings, path = env
     spec = synthetic.CLASSIFIER

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +33,12 @@ def write_model_card(
     fairness: dict[str, Any] | None = None,
     train_rows: int | None = None,
     final_fit_rows: int | None = None,
+    refit_interval: tuple[float, float, float] | None = None,
 ) -> Path:
     """``final_fit_rows`` is set when the registered artifact was refit on all rows after the
-    evaluation (``refit_full``); every figure in the card is then from the training-split fit."""
+    evaluation (``refit_full``); every figure in the card is then from the training-split fit.
+    ``refit_interval``: (level, q_low, q_high) when the refit model's interval was calibrated on
+    the hold-out (``refit_interval_coverage``)."""
     out = settings.resolved_models_dir / spec.name / "model_card.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -54,7 +58,11 @@ def write_model_card(
             f"- **Refit on all rows**: the registered artifact was refit on all {final_fit_rows} rows "
             "(training split + hold-out) after the evaluation, with the same candidate, "
             "hyper-parameters and "
-            + ("threshold" if spec.task == "classification" else "interval quantiles")
+            + (
+                "threshold"
+                if spec.task == "classification"
+                else ("interval calibration below" if refit_interval else "interval quantiles")
+            )
             + ". The cross-validation and hold-out figures, plots, importance and fairness below are "
             f"from the same setup fitted on the training split only{split_rows}; the registered "
             "model has seen the hold-out rows, so re-scoring it there would be in-sample."
@@ -75,8 +83,18 @@ def write_model_card(
     if spec.task == "regression":
         lines.append(
             f"- Prediction interval: split-conformal {spec.interval_coverage:.0%} interval "
-            "from out-of-fold log-ratio residuals."
+            "from out-of-fold log-ratio residuals (the figures below)."
         )
+        if refit_interval is not None:
+            level, q_low, q_high = refit_interval
+            lines.append(
+                f"- The registered (refit) model's interval is calibrated on the split model's hold-out "
+                f"log-ratio residuals at {level:.0%} (the price times "
+                f"[{math.exp(q_low):.3f}, {math.exp(q_high):.3f}]): "
+                "refit on more rows, it is more accurate on new rows than the out-of-fold predictions "
+                "that calibrate the split model, so the same level would cover more than intended "
+                "(`refit_interval_coverage` in params.yaml says how the level was chosen)."
+            )
     lines += [
         "",
         "## Data",
