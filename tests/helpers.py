@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +42,14 @@ def ensure_apt(binary: str, package: str) -> str:
     require(found is not None, f"{binary} (Debian package {package}) is not installed")
     assert found is not None
     return found
+
+
+def wait_ready(client: Any, timeout_s: float = 30.0) -> None:
+    """Wait until an in-process API (a TestClient) says ready; fail, with its /ready body, when it
+    never does (a test must not go on against a service without a model)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if client.get("/ready").status_code == 200:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"service never became ready: {client.get('/ready').json()}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from portfolio.core.data import load_training_data, read_raw_csv
 from portfolio.core.schema import validate_frame
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_ready
 
 RECORD = {
     "CreditScore": 619, "Geography": "France", "Gender": "Female", "Age": 42, "Tenure": None,
@@ -134,10 +133,7 @@ def test_train_a_second_version_goes_through_the_gate(bank_state: Settings, tmp_
 
 def test_api_in_process_on_the_real_model(bank_state: Settings) -> None:
     with TestClient(create_app(SPEC, bank_state)) as c:
-        for _ in range(200):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_ready(c)
         r = c.post("/predict", json=RECORD)
         assert r.status_code == 200
         body = r.json()

@@ -1,11 +1,17 @@
 from __future__ import annotations
 
-import pytest
+from collections.abc import Iterator
 
+import pytest
+from fastapi.testclient import TestClient
+
+from portfolio.bankchurn.spec import SPEC as BANK
+from portfolio.core.api import create_app
 from portfolio.core.settings import Settings
 from portfolio.core.training import train_service
 from tests.conftest import make_settings
 from tests.core import synthetic
+from tests.helpers import wait_ready
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +23,11 @@ def synth_trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
     settings = make_settings(root / "state", data_dir=root / "data", cv_folds=3)
     train_service(synthetic.CLASSIFIER, settings)
     return settings
+
+
+@pytest.fixture(scope="module")
+def bank_client(bank_state: Settings) -> Iterator[TestClient]:
+    """The BankChurn API, in process, on the session's trained champion (ready)."""
+    with TestClient(create_app(BANK, bank_state)) as c:
+        wait_ready(c)
+        yield c

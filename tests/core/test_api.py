@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from portfolio.core.api import create_app
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
 from tests.core import synthetic
+from tests.helpers import wait_ready
 
 GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 
@@ -20,14 +20,6 @@ GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 @pytest.fixture(scope="module")
 def trained(synth_trained: Settings) -> Settings:
     return synth_trained.model_copy(update={"max_batch_size": 5})
-
-
-def wait_ready(client: TestClient) -> None:
-    for _ in range(200):
-        if client.get("/ready").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(client.get("/ready").json())
 
 
 @pytest.fixture(scope="module")

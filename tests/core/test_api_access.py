@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +11,7 @@ from fastapi.testclient import TestClient
 from portfolio.core.api import create_app
 from portfolio.core.settings import Settings
 from tests.core import synthetic
+from tests.helpers import wait_ready
 
 GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 SECRET = "s3cret-key-123"
@@ -22,10 +22,7 @@ ADMIN = "adm1n-key-456"
 def client(synth_trained: Settings) -> Iterator[TestClient]:
     settings = synth_trained.model_copy(update={"api_keys": f"other,{SECRET}", "admin_api_keys": ADMIN})
     with TestClient(create_app(synthetic.CLASSIFIER, settings)) as c:
-        for _ in range(200):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_ready(c)
         yield c
 
 
@@ -58,10 +55,7 @@ def test_admin_is_disabled_without_admin_keys(synth_trained: Settings) -> None:
         r = c.post("/admin/reload", headers={"X-API-Key": "anything"})
         assert r.status_code == 403 and "disabled" in r.json()["detail"][0]["reason"]
         # Without PORTFOLIO_API_KEYS, prediction is open.
-        for _ in range(200):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_ready(c)
         assert c.post("/predict", json=GOOD).status_code == 200
 
 

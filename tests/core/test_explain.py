@@ -5,8 +5,6 @@ and the global importance logged at training time."""
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from portfolio.core.training import load_params
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
 from tests.core import synthetic
+from tests.helpers import wait_ready
 
 
 def logit(p: float) -> float:
@@ -53,16 +52,6 @@ def additivity_gap(body: dict[str, Any], target: float) -> float:
 
 
 # ------------------------------------------------------------------------------ POST /explain
-@pytest.fixture(scope="module")
-def bank_client(bank_state: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(BANK, bank_state)) as c:
-        for _ in range(400):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
-        yield c
-
-
 def test_explain_bankchurn_records_add_up_to_the_predicted_log_odds(
     bank_client: TestClient, data_dir: Path
 ) -> None:
@@ -108,10 +97,7 @@ def test_explain_rejects_bad_input_naming_the_field(bank_client: TestClient) -> 
 def test_explain_through_the_api_with_the_sampling_method(synth_trained: Settings) -> None:
     """A non-tree champion: the background rows come from the reference stored with the model."""
     with TestClient(create_app(synthetic.CLASSIFIER, synth_trained)) as c:
-        for _ in range(400):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
+        wait_ready(c)
         record = {"x1": 1.5, "x2": None, "color": "red", "noise": -0.3}
         body = c.post("/explain", json=record).json()
         assert body["method"] == SAMPLING_SHAPLEY

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,6 @@ from typer.testing import CliRunner
 from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.cli import app as cli_app
 from portfolio.core import registry
-from portfolio.core.api import create_app
 from portfolio.core.data import load_training_data
 from portfolio.core.monitoring import (
     REFERENCE_ARTIFACT,
@@ -244,11 +241,10 @@ def test_live_window_is_bounded_and_evaluated_lazily(data_dir: Path, tmp_path: P
     monitor = LiveMonitor(BANK, window=1000)
     monitor.reference, monitor.reference_version = DriftReference.from_frame(BANK, rows), "1"
     records = bank_shift(rows.head(1500)).to_dict(orient="records")
-    start = time.perf_counter()
     for record in records:
         monitor.observe([record], [0.5])
-    per_record = (time.perf_counter() - start) / 1500
-    assert per_record < 1e-4  # an append, no statistics on the request path
+    # Observing is an append: no statistics are computed on the request path (speed itself is
+    # measured by the benchmarks, not asserted here).
     assert len(monitor) == 1000 and monitor.evaluations == 0
     result = monitor.evaluate()
     assert monitor.evaluations == 1 and result["rows"] == 1000
@@ -266,16 +262,6 @@ def _gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
-
-
-@pytest.fixture(scope="module")
-def bank_client(bank_state: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(BANK, bank_state)) as c:
-        for _ in range(400):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
-        yield c
 
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from portfolio.core.api import create_app
 from portfolio.core.processes import free_port
 from portfolio.core.settings import Settings
 from tests.core import synthetic
+from tests.helpers import wait_ready
 
 GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 
@@ -28,10 +29,7 @@ def test_unreachable_tracking_server_serves_the_cached_champion(synth_trained: S
     assert loaded.source == "cache" and loaded.version == "1"
     assert time.monotonic() - start < 120  # bounded retries
     with TestClient(create_app(synthetic.CLASSIFIER, dead)) as c:
-        for _ in range(600):
-            if c.get("/ready").status_code == 200:
-                break
-            time.sleep(0.1)
+        wait_ready(c, timeout_s=60)
         body = c.get("/ready").json()
         assert body["status"] == "degraded" and "unreachable" in body["detail"]
         assert c.post("/predict", json=GOOD).json()["model_version"] == "1"
