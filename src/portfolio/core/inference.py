@@ -58,12 +58,15 @@ class Predictor:
     def warm_up(self) -> None:
         """Score the fields' documented example once, so the first request does not pay the
         one-off costs of the fast path (the tree walk's compilation, about a second or
-        milliseconds from numba's disk cache; each booster's base margin, ~0.2 s). Servers call
-        this at load, before they say ready; batch scoring never needs it."""
+        milliseconds from numba's disk cache; each booster's base margin, ~0.2 s), then as a
+        batch (its own walks: explanations of more than SMALL_BATCH_ROWS rows keep the rows'
+        paths). Servers call this at load, before they say ready; batch scoring never needs it."""
         if self._fast is None:
             return
         try:
-            self.predict_records([{f.name: f.example for f in self.spec.fields}])
+            example = {f.name: f.example for f in self.spec.fields}
+            self.predict_records([example])
+            self.predict_records([example] * (SMALL_BATCH_ROWS + 1))
         except Exception as exc:  # an example the schema rejects costs only the first request's speed
             log.warning("%s v%s: warm-up prediction failed: %s", self.spec.name, self.version, exc)
 
