@@ -460,6 +460,16 @@ def _path_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
     values are tested at each step instead of the doubled columns (the trees read few of them)."""
     import numba
 
+    @numba.njit(inline="always")
+    def step(words: np.ndarray, thresholds: np.ndarray, nd: int, x: np.ndarray, r: int) -> Any:
+        """One node down for row ``r`` of ``x``: right when x >= t, or when x is missing and
+        the node sends missing values right (the word's column is 2f + 1)."""
+        word = words[nd]
+        column = word & _COLUMN_MASK
+        v = x[r, column >> 1]
+        go = np.int32(v >= thresholds[nd]) | (np.int32(column & 1) & np.int32(v != v))
+        return np.int32(word >> _CHILD_SHIFT) + go
+
     def walk_paths(
         x: np.ndarray,
         roots: np.ndarray,
@@ -485,14 +495,8 @@ def _path_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                     mask[j] = 0
                 for _ in range(depth):
                     for j in range(nt):
-                        nd = node[j]
-                        word = words[nd]
-                        column = word & _COLUMN_MASK
-                        v = x[r, column >> 1]
-                        # x >= t, or missing and this node sends missing values right
-                        go = np.int32(v >= thresholds[nd]) | (np.int32(column & 1) & np.int32(v != v))
-                        mask[j] |= bits[nd]
-                        node[j] = np.int32(word >> _CHILD_SHIFT) + go
+                        mask[j] |= bits[node[j]]
+                        node[j] = step(words, thresholds, node[j], x, r)
                 for j in range(nt):  # in tree order, as tree_sums adds them
                     leaf = value[node[j]]
                     acc += leaf
@@ -539,12 +543,7 @@ def _path_kernels() -> tuple[Callable[..., None], Callable[..., None]]:
                         node[j] = roots[hits[h0 + j]]
                     for _ in range(depth):
                         for j in range(nt):
-                            nd = node[j]
-                            word = words[nd]
-                            column = word & _COLUMN_MASK
-                            u = xv[v, column >> 1]
-                            go = np.int32(u >= thresholds[nd]) | (np.int32(column & 1) & np.int32(u != u))
-                            node[j] = np.int32(word >> _CHILD_SHIFT) + go
+                            node[j] = step(words, thresholds, node[j], xv, v)
                     for j in range(nt):
                         acc += value[node[j]] - leaves[b, hits[h0 + j]]
             out[v] = acc
