@@ -296,11 +296,20 @@ class Doubled(TransformerMixin, BaseEstimator):
         return out
 
 
+class DeclaredDoubled(Doubled):
+    """``Doubled`` saying what its derived column reads (the compiled substitutions then
+    recompute only that column, on the rows whose substituted field it reads)."""
+
+    derived_from = {"x1_if_red": ("color", "x1")}
+
+
+@pytest.mark.parametrize("declared", [False, True], ids=["undeclared", "declared"])
 @pytest.mark.parametrize("model", ["logistic", "forest", "boosted"])
-def test_substitutions_equal_scoring_every_substituted_row(model: str) -> None:
+def test_substitutions_equal_scoring_every_substituted_row(model: str, declared: bool) -> None:
     """The compiled shortcut (rows already at their substitute keep their score; only changed
-    input columns are re-encoded) gives the scores of scoring each substituted row in full:
-    missing values in the rows, a missing substitute, an unseen category, a derived column."""
+    columns are re-encoded, from the declared dependencies when the feature step has them)
+    gives the scores of scoring each substituted row in full: missing values in the rows, a
+    missing substitute, an unseen category, a derived column."""
     from sklearn.ensemble import RandomForestClassifier
 
     from portfolio.core.explain import substitution_scores
@@ -316,12 +325,13 @@ def test_substitutions_equal_scoring_every_substituted_row(model: str) -> None:
     }[model]
     pipe = Pipeline(
         [
-            ("derived", Doubled()),
+            ("derived", DeclaredDoubled() if declared else Doubled()),
             ("prep", tabular_preprocessor(["x1", "x2", "noise", "x1_if_red"], ["color"], scale=True)),
             ("model", estimator),
         ]
     ).fit(train, y)
     fast = compile_pipeline(pipe, "classification")
+    assert (fast.derived_from == {"x1_if_red": {"color", "x1"}}) if declared else fast.derived_from is None
     test = _typed(300, 12)
     test.loc[::9, "color"] = None
     test.loc[5, "color"] = "violet"

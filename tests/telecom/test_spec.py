@@ -110,6 +110,35 @@ def test_features_impute_total_charges_and_derive_columns() -> None:
         np.testing.assert_array_equal(cols[c], out[c].to_numpy(dtype=float))
 
 
+def test_declared_derived_columns_are_what_the_features_read() -> None:
+    """``TelcoFeatures.derived_from`` (the compiled explanations trust it): every other column
+    passes through as the same array; changing a field changes only the columns declared to
+    read it; the declared inputs alone are enough to compute the derived columns."""
+    X, _ = typed_frame(300)
+    cols = frame_to_columns(X, SPEC.fields)
+    step = TelcoFeatures()
+    out = step.transform_columns(cols)
+    declared = TelcoFeatures.derived_from
+    assert set(out) == set(cols) | set(declared)
+    for c in cols:
+        if c not in declared:
+            assert out[c] is cols[c], c
+    rng = np.random.default_rng(0)
+    for field in cols:
+        other = dict(cols)
+        other[field] = cols[field][rng.permutation(len(X))]  # the field's values, shuffled
+        other[field][::7] = None if cols[field].dtype == object else np.nan
+        changed = step.transform_columns(other)
+        moved = {c for c in out if not np.array_equal(changed[c], out[c], equal_nan=out[c].dtype != object)}
+        allowed = {c for c, reads in declared.items() if field in reads} | ({field} - set(declared))
+        assert moved <= allowed, (field, moved - allowed)
+        assert {c for c, reads in declared.items() if field in reads} <= moved | {"TotalCharges"}, field
+    inputs = set().union(*declared.values())
+    alone = step.transform_columns({c: cols[c] for c in inputs})
+    for c in declared:
+        np.testing.assert_array_equal(alone[c], out[c])
+
+
 def test_pipeline_is_a_soft_vote_of_three_learners_with_resampling_inside() -> None:
     pipe = soft_voting_pipeline({})
     assert isinstance(pipe, Pipeline)
@@ -234,6 +263,7 @@ def test_batch_attributions_take_the_compiled_shortcut_and_equal_the_pipelines()
     fast.substitutions = recording  # type: ignore[method-assign]
     out = customer_intelligence(cols, None, predictor)
     assert calls == [150]
+    assert fast.derived_from is not None  # the declared shortcut (core/fastpath.py) was taken
     contrib = reference_contributions(lambda f: model.predict_proba(f)[:, 1], rows, ref)
     np.testing.assert_allclose(out["probability"], model.predict_proba(rows)[:, 1], atol=1e-6, rtol=0)
     names = list(SPEC.feature_names)

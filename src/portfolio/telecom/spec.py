@@ -25,7 +25,7 @@ they are not calibrated rates. Measured on the 20% hold-out when the tiers were 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -152,6 +152,14 @@ class TelcoFeatures(TransformerMixin, BaseEstimator):
     (Charge ratios such as TotalCharges / tenure did not improve cross-validated ROC-AUC and make
     single-feature attributions less stable, so they are not used.)
     """
+
+    # What each computed column reads (the compiled explanations re-compute only these after a
+    # substitution; every other column passes through as it is). A test holds it to the code.
+    derived_from: ClassVar[dict[str, tuple[str, ...]]] = {
+        "TotalCharges": ("TotalCharges", "tenure", "MonthlyCharges"),
+        "n_services": SERVICE_COLUMNS,
+        "log_tenure": ("tenure",),
+    }
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> TelcoFeatures:
         return self
