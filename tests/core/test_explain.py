@@ -29,6 +29,7 @@ from portfolio.core.explain import (
     column_sources,
     explain_frame,
     find_step,
+    top_factors_columns,
 )
 from portfolio.core.features import tabular_preprocessor
 from portfolio.core.inference import Predictor
@@ -238,3 +239,51 @@ def test_reference_substitutions_of_one_request_equal_those_of_a_batch() -> None
         np.testing.assert_allclose(one[0], batch[0][i : i + 1], rtol=0, atol=1e-15)
         np.testing.assert_allclose(one[1], batch[1][i : i + 1], rtol=0, atol=1e-12)
     assert np.abs(batch[1]).max() > 0.1  # substitutions do move the score
+
+
+def _top_factors_one_by_one(
+    values: np.ndarray, names: list[str], cols: dict[str, np.ndarray], k: int
+) -> list[str]:
+    """The plain definition of top_factors' text, one row and one value at a time."""
+    texts = []
+    for i, row in enumerate(values):
+        order = np.argsort(-np.abs(row), kind="stable")[:k]
+        parts = []
+        for j in order:
+            if abs(row[j]) < 1e-6:
+                continue
+            value = np.asarray(cols[names[j]]).tolist()[i]
+            shown = "missing" if value is None or (isinstance(value, float) and np.isnan(value)) else value
+            shown = f"{shown:g}" if isinstance(shown, float) else str(shown)
+            parts.append(f"{names[j]}={shown} ({row[j]:+.2f})")
+        texts.append("; ".join(parts))
+    return texts
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_top_factors_text_equals_formatting_each_value(k: int) -> None:
+    """The vectorised texts (each distinct label and hundredth formatted once) equal formatting
+    every value: rounding ties (x.xx5 in binary is just above or below), -0.00, contributions
+    too small to list, missing numbers and texts, repeated and distinct values, 1 beside True."""
+    rng = np.random.default_rng(5)
+    n = 400
+    cols = {
+        "price": np.where(rng.random(n) < 0.1, np.nan, np.round(rng.normal(50, 20, n), 1)),
+        "plan": np.array(rng.choice(["a", "b", None], n).tolist(), dtype=object),
+        "flag": np.array([[1, True, "yes"][i] for i in rng.integers(0, 3, n)], dtype=object),
+        "count": rng.integers(0, 5, n).astype(np.float64),
+        "rare": np.array([f"v{i}" for i in range(n)], dtype=object),
+        "day": np.arange(n).astype("datetime64[D]").astype("datetime64[ns]"),
+    }
+    names = list(cols)
+    values = np.round(rng.normal(0, 1.5, (n, len(names))), 3) + rng.choice(
+        [0.0005, -0.0005, 0.0], (n, len(names))
+    )
+    values[::5, 1] = 1e-8  # at the reference
+    values[1::7, :] = 1e-8
+    values[1::7, 2] = -0.001  # listed alone, printed as -0.00
+    values[2::9, :] = [1.005, 2.675, -0.125, 0.015, -1e-7, 0.0]  # ties in decimal, not in binary
+    got = top_factors_columns(values, names, cols, k=k)
+    assert got == _top_factors_one_by_one(values, names, cols, k)
+    assert any("flag=1 " in t for t in got) and any("flag=True " in t for t in got)
+    assert any("(-0.00)" in t for t in got) and any("=missing" in t for t in got)
