@@ -633,8 +633,10 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], rid: str) -> 
 def app_from_env() -> Any:
     """Uvicorn factory for multi-worker serving: the service comes from ``PORTFOLIO_SERVICE``."""
     from portfolio.core.logs import setup_logging
+    from portfolio.core.processes import keep_freed_memory
     from portfolio.services import get_spec
 
     settings = get_settings()
     setup_logging(settings.log_level)
+    keep_freed_memory()
     return create_app(get_spec(os.environ.get("PORTFOLIO_SERVICE", "bankchurn")), settings)

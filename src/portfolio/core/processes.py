@@ -3,6 +3,7 @@ waiting for them to answer: used by `portfolio up` and by the integration tests 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -13,6 +14,28 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory(mmap_below: int = 32 << 20, trim_above: int = 256 << 20) -> bool:
+    """Make glibc serve allocations below ``mmap_below`` bytes (32 MB, its maximum) from its heap,
+    and keep up to ``trim_above`` bytes of freed heap for reuse instead of handing it back to the
+    kernel. Each API worker calls this at start.
+
+    Why: a 1,000-record TelecomAI batch allocates ~20 MB of short-lived arrays (kept tree walks,
+    substituted rows). With glibc's adaptive defaults that memory was, in some processes, given
+    back and faulted in again on every request: ~3,200 page faults and 11-15 ms of kernel time
+    per request, against 0-2 faults with this (measured in-process, 20 requests each). The cost
+    is that the process keeps its peak heap. False when the C library has no ``mallopt`` (not
+    glibc) or refuses the values."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_below)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_above))
 
 
 def free_port() -> int:
