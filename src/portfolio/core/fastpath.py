@@ -12,8 +12,11 @@ $0.09. Service-specific feature steps join by implementing one method:
 
     transform_columns(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]
 
-(the columnar twin of their ``transform``). Anything the compiler does not know raises
-``NotCompilable``; the service then serves through the pipeline and says so in ``/model``.
+(the columnar twin of their ``transform``), and optionally declare ``derived_from`` (each column
+they compute → the columns it reads; every other column passes through as the same array), which
+lets explanations recompute only what a substitution changes. Anything the compiler does not
+know raises ``NotCompilable``; the service then serves through the pipeline and says so in
+``/model``.
 """
 
 from __future__ import annotations
