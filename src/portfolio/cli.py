@@ -403,14 +403,16 @@ def models(service: Annotated[str | None, typer.Argument(help="One service (defa
             t.add_column(col)
         try:
             versions = list(client.search_model_versions(f"name='{name}'"))
+            # The registered model holds the aliases (search results leave them out).
+            aliases = client.get_registered_model(name).aliases
         except Exception:
-            versions = []
+            versions, aliases = [], {}
         for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
             run = client.get_run(mv.run_id) if mv.run_id else None
             val = run.data.metrics.get(f"test_{spec.primary_metric}") if run else None
             t.add_row(
                 str(mv.version),
-                ",".join(mv.aliases or []),
+                ",".join(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))),
                 "" if val is None else f"{val:.4f}",
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(mv.creation_timestamp / 1000)),
             )

@@ -127,6 +127,10 @@ def test_train_a_second_version_goes_through_the_gate(bank_state: Settings, tmp_
     assert r.returncode == 0, r.stderr
     assert "registered bankchurn v1 → alias champion" in r.stdout
     assert "roc_auc" in r.stdout and "threshold" in r.stdout
+    r = portfolio("models", "bankchurn", settings=settings)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("│") for line in r.stdout.splitlines() if line.startswith("│")]
+    assert [(cells[1].strip(), cells[2].strip()) for cells in rows] == [("1", "champion")], r.stdout
     r = portfolio("promote", "bankchurn", "7", settings=settings)
     assert r.returncode == 2 and "cannot promote" in r.stderr
 
