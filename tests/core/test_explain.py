@@ -260,13 +260,14 @@ def _top_factors_one_by_one(
     return texts
 
 
+@pytest.mark.parametrize("n", [400, 60], ids=["batch", "request"])
 @pytest.mark.parametrize("k", [1, 3, 6])
-def test_top_factors_text_equals_formatting_each_value(k: int) -> None:
-    """The vectorised texts (each distinct label and hundredth formatted once) equal formatting
-    every value: rounding ties (x.xx5 in binary is just above or below), -0.00, contributions
-    too small to list, missing numbers and texts, repeated and distinct values, 1 beside True."""
+def test_top_factors_text_equals_formatting_each_value(k: int, n: int) -> None:
+    """The texts of a batch (vectorised: each distinct label and hundredth formatted once) and of
+    a request (value by value) equal formatting every value: rounding ties (x.xx5 in binary is
+    just above or below), -0.00, contributions too small to list, missing numbers and texts,
+    repeated and distinct values, 1 beside True."""
     rng = np.random.default_rng(5)
-    n = 400
     cols = {
         "price": np.where(rng.random(n) < 0.1, np.nan, np.round(rng.normal(50, 20, n), 1)),
         "plan": np.array(rng.choice(["a", "b", None], n).tolist(), dtype=object),

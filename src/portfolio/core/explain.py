@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from portfolio.core.fastpath import filled_like
+from portfolio.core.fastpath import SMALL_BATCH_ROWS, filled_like
 
 # Types of this module that skops may load (a spec using them lists these in ``trusted_types``).
 EXPLAIN_TRUSTED_TYPES: tuple[str, ...] = ("portfolio.core.explain.ReferenceProfile",)
@@ -226,6 +226,27 @@ def _signed_2dp(values: np.ndarray) -> np.ndarray:
     return out.reshape(np.shape(values))
 
 
+def _top_factors_rows(
+    values: np.ndarray, names: Sequence[str], cols: Columns, k: int, min_abs: float
+) -> list[str]:
+    """``top_factors_columns`` row by row and value by value (no per-column numpy calls)."""
+    order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
+    top = np.take_along_axis(values, order, axis=1).tolist()
+    listed: dict[int, list[Any]] = {}  # column → its values as Python objects, when first needed
+    texts: list[str] = []
+    for i, (idx, cs) in enumerate(zip(order.tolist(), top, strict=True)):
+        parts = []
+        for j, c in zip(idx, cs, strict=True):
+            if abs(c) < min_abs:
+                continue
+            column = listed.get(j)
+            if column is None:
+                column = listed[j] = np.asarray(cols[names[j]]).tolist()
+            parts.append(f"{names[j]}={_format_value(column[i])} ({c:+.2f})")
+        texts.append("; ".join(parts))
+    return texts
+
+
 def top_factors_columns(
     contributions: np.ndarray, names: Sequence[str], cols: Columns, k: int = 3, min_abs: float = 1e-6
 ) -> list[str]:
@@ -237,6 +258,8 @@ def top_factors_columns(
     k = min(k, values.shape[1]) if values.ndim == 2 else 0
     if n == 0 or k == 0:
         return [""] * n
+    if n <= SMALL_BATCH_ROWS:  # a request: value by value (one row: ~45 vs ~270 µs)
+        return _top_factors_rows(values, names, cols, k, min_abs)
     order = np.argsort(-np.abs(values), axis=1, kind="stable")[:, :k]
     top = np.take_along_axis(values, order, axis=1)
     labels = np.empty((n, k), dtype=object)
