@@ -26,7 +26,7 @@ import itertools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
@@ -989,6 +989,18 @@ def compile_regressor(est: Any) -> Scorer:
 
 
 # ------------------------------------------------------------------------------- pipelines
+class _Substituted(NamedTuple):
+    """One block of ``CompiledPipeline.substitutions``: its input columns, their features and
+    encoding, and for each substituted field (in order) the rows where its value changes."""
+
+    cols: Columns
+    features: Columns
+    matrix: Matrix
+    names: list[str]
+    changed: list[np.ndarray]
+    substitutes: Mapping[str, Any]
+
+
 class CompiledPipeline:
     """A fitted pipeline as numpy code: its feature steps' ``transform_columns``, the compiled
     column transformer, then the compiled estimator. Calling it scores typed field columns.
@@ -1052,10 +1064,11 @@ class CompiledPipeline:
             return scores, out
         which = np.repeat(np.arange(len(names)), [len(r) for r in changed])
         # The substituted rows' encodings: segment k of ``rows`` substitutes field names[k].
+        block = _Substituted(cols, features, matrix, names, changed, substitutes)
         if self.derived_from is not None and self._passes_through(cols, features):
-            encoded = self._encode_declared(cols, features, matrix, names, changed, substitutes)
+            encoded = self._encode_declared(block)
         else:
-            encoded = self._encode_afresh(cols, features, matrix, names, changed, substitutes)
+            encoded = self._encode_afresh(block)
         out[rows, which] = self.model_fn.variants(walked, encoded, rows)
         return scores, out
 
@@ -1066,20 +1079,13 @@ class CompiledPipeline:
         derived = self.derived_from or {}
         return all(features[c] is cols.get(c) for c in self.encoder.inputs if c not in derived)
 
-    def _encode_declared(
-        self,
-        cols: Columns,
-        features: Columns,
-        matrix: Matrix,
-        names: list[str],
-        changed: list[np.ndarray],
-        substitutes: Mapping[str, Any],
-    ) -> Matrix:
+    def _encode_declared(self, block: _Substituted) -> Matrix:
         """With the feature steps' declared dependencies: a field the encoder reads as it is
         takes its substitute's encoding in its own columns (one value, encoded once); the
         derived columns computed from a substituted field are computed again on those rows
         only, from the fields they are declared to read (TelecomAI: 3 derived columns from 9
         of its 19 fields)."""
+        cols, features, matrix, names, changed, substitutes = block
         derived = self.derived_from or {}
         encoded = matrix[np.concatenate(changed)]
         again: list[tuple[str, np.ndarray, int]] = []  # (field, its rows, first position)
@@ -1130,17 +1136,10 @@ class CompiledPipeline:
         self._substitutes[name] = (value, encoding)
         return encoding
 
-    def _encode_afresh(
-        self,
-        cols: Columns,
-        features: Columns,
-        matrix: Matrix,
-        names: list[str],
-        changed: list[np.ndarray],
-        substitutes: Mapping[str, Any],
-    ) -> Matrix:
+    def _encode_afresh(self, block: _Substituted) -> Matrix:
         """Without declared dependencies: every substituted row goes through the feature steps,
         and the encoder re-encodes the input columns that differ from the row's own."""
+        cols, features, matrix, names, changed, substitutes = block
         rows = np.concatenate(changed)
         variants = {c: v[rows] for c, v in cols.items()}
         segments: dict[str, np.ndarray] = {}  # field → the variant rows that substitute it
