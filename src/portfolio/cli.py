@@ -1,4 +1,5 @@
-"""`portfolio`: train, predict, evaluate, serve, promote, validate, drift, models, dashboard, up."""
+"""`portfolio`: train, predict, evaluate, learning-curve, serve, promote, validate, drift, models,
+dashboard, up."""
 
 from __future__ import annotations
 
@@ -257,6 +258,80 @@ def evaluate(
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
     print(text)
+
+
+def _champion_candidate(service: str, settings: Settings) -> str | None:
+    """The candidate the champion was trained as (its training run's ``model`` param)."""
+    from mlflow.tracking import MlflowClient
+
+    from portfolio.core import registry
+
+    registry.configure(settings)
+    try:
+        mv = registry.champion_version(service)
+        return MlflowClient().get_run(mv.run_id).data.params.get("model") if mv and mv.run_id else None
+    except Exception:
+        return None
+
+
+@app.command("learning-curve")
+def learning_curve_cmd(
+    service: ServiceArg,
+    candidate: Annotated[
+        str | None, typer.Option(help="Candidate model (default: the champion's candidate).")
+    ] = None,
+    fractions: Annotated[
+        str, typer.Option(help="Comma-separated fractions of the non-test rows to train on.")
+    ] = "0.25,0.5,0.75,1",
+    repeats: Annotated[int, typer.Option(help="Repeats, each with its own random test rows.")] = 3,
+    test_fraction: Annotated[float, typer.Option(help="Share of the rows held out per repeat.")] = 0.1,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Held-out metrics against the number of training rows: would more data help? (Fits the
+    candidate once per fraction and repeat; params from params.yaml.)"""
+    from portfolio.core.learning_curve import learning_curve
+    from portfolio.core.training import load_params
+
+    settings = _settings()
+    spec = _spec(service)
+    try:
+        fracs = [float(f) for f in fractions.split(",") if f.strip()]
+    except ValueError:
+        console.print(f"[red]--fractions: not a list of numbers: {fractions!r}[/red]")
+        raise typer.Exit(2) from None
+    name = candidate or _champion_candidate(spec.name, settings)
+    if name is None:
+        console.print(
+            f"[red]{spec.name} has no champion to take the candidate from: pass --candidate "
+            f"(one of {', '.join(spec.candidates)})[/red]"
+        )
+        raise typer.Exit(2)
+    params = dict((load_params(spec.name, settings).get("candidates") or {}).get(name) or {})
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console) as bar:
+        task = bar.add_task(f"{spec.name}: learning curve {name}", total=repeats * len(set(fracs)))
+        try:
+            curve = learning_curve(
+                spec,
+                settings,
+                name,
+                params,
+                fracs,
+                repeats=repeats,
+                test_fraction=test_fraction,
+                progress=lambda desc, done, total: bar.update(task, completed=done),
+            )
+        except ValueError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+    out.print(
+        f"{spec.title}: {name}, {curve.rows:,} rows, {curve.test_rows:,} test rows per repeat, "
+        f"{curve.repeats} repeats\n"
+    )
+    out.print(curve.to_markdown())
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(curve.summary(), indent=2))
 
 
 def _refit_holdout_note(spec: Any, version: str) -> str | None:

@@ -160,3 +160,23 @@ def test_validation_policy_on_a_dirty_copy(bank_state: Settings, data_dir: Path,
     assert report["rows_in_file"] == 500 and report["rows_used"] == 497
     assert report["schema"]["invalid_rows"] == 2
     assert report["schema"]["examples"][0]["row"] == 0
+
+
+def test_cli_learning_curve(bank_state: Settings, tmp_path: Path) -> None:
+    """`portfolio learning-curve`: the champion's candidate by default, a table and the JSON."""
+    out_json = tmp_path / "curve.json"
+    r = portfolio(
+        "learning-curve", "bankchurn", "--fractions", "0.5,1", "--repeats", "2", "--output", str(out_json),
+        settings=bank_state,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "xgboost, 8,500 rows, 850 test rows per repeat, 2 repeats" in r.stdout
+    assert "| 1.000 | 7,650 |" in r.stdout
+    body = json.loads(out_json.read_text())
+    assert body["candidate"] == "xgboost" and [p["train_rows"] for p in body["points"]] == [3825, 7650]
+    for p in body["points"]:
+        assert len(p["metrics"]["roc_auc"]) == 2 and 0.8 < p["mean"]["roc_auc"] < 0.95
+    r = portfolio("learning-curve", "bankchurn", "--fractions", "0,1", settings=bank_state)
+    assert r.returncode == 2 and "fractions must be in (0, 1], got [0.0]" in r.stderr
+    r = portfolio("learning-curve", "bankchurn", "--candidate", "nope", settings=bank_state)
+    assert r.returncode == 2 and "has no candidate 'nope'" in r.stderr
