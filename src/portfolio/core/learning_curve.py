@@ -66,8 +66,10 @@ class LearningCurve:
         head = "| fraction | training rows | " + " | ".join(f"{m} mean ± sd (min-max)" for m in names) + " |"
         lines = [head, "|" + "---:|" * (2 + len(names))]
         for p in self.points:
+            values = p.metrics
             cells = [
-                f"{p.mean(m):.4g} ± {p.std(m):.2g} ({min(p.metrics[m]):.4g}-{max(p.metrics[m]):.4g})"
+                f"{_fmt(p.mean(m), p.mean(m))} ± {_fmt(p.std(m), p.mean(m))} "
+                f"({_fmt(min(values[m]), p.mean(m))}-{_fmt(max(values[m]), p.mean(m))})"
                 for m in names
             ]
             lines.append(f"| {p.fraction:.3f} | {p.train_rows:,} | " + " | ".join(cells) + " |")
@@ -91,6 +93,12 @@ class LearningCurve:
                 for p in self.points
             ],
         }
+
+
+def _fmt(value: float, scale: float) -> str:
+    """Metrics whose mean (``scale``) is in dollars (RMSE, MAE) as whole numbers, scores (R²,
+    ROC-AUC) to 4 decimals."""
+    return f"{value:,.0f}" if abs(scale) >= 100 else f"{value:.4f}"
 
 
 def _no_progress(desc: str, done: int, total: int) -> None:
