@@ -43,6 +43,12 @@ def _spec(name: str) -> Any:
         raise typer.Exit(2) from None
 
 
+def _write_text(path: Path, text: str) -> None:
+    """An output file of a command (its folder created when missing)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
 def _metrics_table(title: str, cv: dict[str, Any], test: dict[str, Any]) -> Table:
     t = Table(title=title)
     t.add_column("metric")
@@ -112,8 +118,7 @@ def train(
         )
         summaries.append(outcome.summary())
     if summary_json:
-        summary_json.parent.mkdir(parents=True, exist_ok=True)
-        summary_json.write_text(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
+        _write_text(summary_json, json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
 
 
 def _predictor(service: str, version: str | None) -> Any:
@@ -255,8 +260,7 @@ def evaluate(
             )
     text = json.dumps(result, indent=2)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+        _write_text(output, text)
     print(text)
 
 
@@ -330,8 +334,7 @@ def learning_curve_cmd(
     )
     out.print(curve.to_markdown())
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(curve.summary(), indent=2))
+        _write_text(output, json.dumps(curve.summary(), indent=2))
 
 
 def _refit_holdout_note(spec: Any, version: str) -> str | None:
@@ -368,8 +371,7 @@ def validate(
     report = ds.report()
     text = json.dumps(report, indent=2, default=str)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(text)
+        _write_text(output, text)
     t = Table(title=f"{spec.name}: {report['file']}")
     t.add_column("check")
     t.add_column("rows", justify="right")
@@ -422,8 +424,7 @@ def drift(
     except (DriftInputError, ReferenceUnavailable) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(report, indent=2))
+    _write_text(output, json.dumps(report, indent=2))
     html_path = write_html(report, html or output.with_suffix(".html"))
     t = Table(title=f"{spec.name}: drift of {current.name} ({report['current']['rows']} valid rows)")
     for col in ("feature", "method", "PSI", "p-value", "drifted"):

@@ -15,7 +15,7 @@ Threshold-free metrics only (classifiers are not re-thresholded here).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,7 @@ from portfolio.core import evaluation as ev
 from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
-
-Progress = Callable[[str, int, int], None]
+from portfolio.core.training import Progress, no_progress, score_rows
 
 # Metrics that need no decision threshold, per task (first: the service's primary metric).
 CURVE_METRICS = {"classification": ("roc_auc", "pr_auc"), "regression": ("rmse", "r2", "mae")}
@@ -101,10 +100,6 @@ def _fmt(value: float, scale: float) -> str:
     return f"{value:,.0f}" if abs(scale) >= 100 else f"{value:.4f}"
 
 
-def _no_progress(desc: str, done: int, total: int) -> None:
-    return None
-
-
 def _check(fractions: Sequence[float], repeats: int, test_fraction: float) -> list[float]:
     if not fractions:
         raise ValueError("fractions: give at least one")
@@ -127,7 +122,7 @@ def learning_curve(
     repeats: int = 3,
     test_fraction: float = 0.1,
     data_path: Path | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> LearningCurve:
     """Fit ``candidate`` (with ``params``) on each fraction of the non-test rows, ``repeats``
     times with different test rows (seeds ``settings.seed + r``), and score the test rows."""
@@ -162,12 +157,12 @@ def learning_curve(
             train_rows[f] = n
             est = spec.candidates[candidate](params)
             est.fit(X.iloc[rest[:n]], y.iloc[rest[:n]])  # type: ignore[attr-defined]
-            if classify:
-                scores = np.asarray(est.predict_proba(X.iloc[test])[:, 1], dtype=float)  # type: ignore[attr-defined]
-                metrics = ev.classification_metrics(y_test, scores, 0.5)
-            else:
-                scores = np.asarray(est.predict(X.iloc[test]), dtype=float)  # type: ignore[attr-defined]
-                metrics = ev.regression_metrics(y_test, scores)
+            scores = score_rows(spec, est, X.iloc[test])
+            metrics = (
+                ev.classification_metrics(y_test, scores, 0.5)
+                if classify
+                else ev.regression_metrics(y_test, scores)
+            )
             for m in names:
                 values[f][m].append(float(metrics[m]))
             progress(f"{spec.name}: learning curve {candidate}", r * len(fracs) + i + 1, total)

@@ -52,7 +52,7 @@ LOGGED = "logged hold-out metric"
 REEVALUATED = "re-evaluated on hold-out"
 
 
-def _no_progress(desc: str, done: int, total: int) -> None:
+def no_progress(desc: str, done: int, total: int) -> None:
     return None
 
 
@@ -111,7 +111,8 @@ class TrainOutcome:
         }
 
 
-def _score_oof(spec: ServiceSpec, est: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
+def score_rows(spec: ServiceSpec, est: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
+    """A fitted candidate's scores: the positive-class probability, or the prediction."""
     if spec.task == "classification":
         return np.asarray(est.predict_proba(X)[:, 1], dtype=float)  # type: ignore[attr-defined]
     return np.asarray(est.predict(X), dtype=float)  # type: ignore[attr-defined]
@@ -133,7 +134,7 @@ def cross_validate(
     X: pd.DataFrame,
     y: pd.Series,
     settings: Settings,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
 ) -> CandidateResult:
     """Out-of-fold scores for one candidate (every row scored by a model that never saw it)."""
     splitter: Any
@@ -147,7 +148,7 @@ def cross_validate(
     for i, (tr, va) in enumerate(splitter.split(X, y_arr), start=1):
         est = spec.candidates[name](params)
         est.fit(X.iloc[tr], y.iloc[tr])  # type: ignore[attr-defined]
-        oof[va] = _score_oof(spec, est, X.iloc[va])
+        oof[va] = score_rows(spec, est, X.iloc[va])
         fold_scores.append(_fold_score(spec, y_arr[va], oof[va]))
         progress(f"{spec.name}: CV {name}", i, settings.cv_folds)
     return CandidateResult(name, oof, fold_scores)
@@ -238,7 +239,7 @@ def train_service(
     spec: ServiceSpec,
     settings: Settings,
     params: Mapping[str, Any] | None = None,
-    progress: Progress = _no_progress,
+    progress: Progress = no_progress,
     data_path: Path | None = None,
 ) -> TrainOutcome:
     registry.configure(settings)
