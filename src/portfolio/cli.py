@@ -313,7 +313,7 @@ def learning_curve_cmd(
     params = dict((load_params(spec.name, settings).get("candidates") or {}).get(name) or {})
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, console=console) as bar:
-        task = bar.add_task(f"{spec.name}: learning curve {name}", total=repeats * len(set(fracs)))
+        task = bar.add_task(f"{spec.name}: learning curve {name}", total=None)
         try:
             curve = learning_curve(
                 spec,
@@ -323,7 +323,7 @@ def learning_curve_cmd(
                 fracs,
                 repeats=repeats,
                 test_fraction=test_fraction,
-                progress=lambda desc, done, total: bar.update(task, completed=done),
+                progress=lambda desc, done, total: bar.update(task, completed=done, total=total),
             )
         except ValueError as exc:
             console.print(f"[red]{exc}[/red]")

@@ -23,11 +23,10 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from portfolio.core import evaluation as ev
 from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import Progress, no_progress, score_rows
+from portfolio.core.training import Progress, no_progress, score_metrics, score_rows
 
 # Metrics that need no decision threshold, per task (first: the service's primary metric).
 CURVE_METRICS = {"classification": ("roc_auc", "pr_auc"), "regression": ("rmse", "r2", "mae")}
@@ -65,12 +64,12 @@ class LearningCurve:
         head = "| fraction | training rows | " + " | ".join(f"{m} mean ± sd (min-max)" for m in names) + " |"
         lines = [head, "|" + "---:|" * (2 + len(names))]
         for p in self.points:
-            values = p.metrics
-            cells = [
-                f"{_fmt(p.mean(m), p.mean(m))} ± {_fmt(p.std(m), p.mean(m))} "
-                f"({_fmt(min(values[m]), p.mean(m))}-{_fmt(max(values[m]), p.mean(m))})"
-                for m in names
-            ]
+            cells = []
+            for m in names:
+                mean, v = p.mean(m), p.metrics[m]
+                cells.append(
+                    f"{_fmt(mean, mean)} ± {_fmt(p.std(m), mean)} ({_fmt(min(v), mean)}-{_fmt(max(v), mean)})"
+                )
             lines.append(f"| {p.fraction:.3f} | {p.train_rows:,} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -130,13 +129,10 @@ def learning_curve(
         raise ValueError(f"{spec.name} has no candidate {candidate!r} (one of {', '.join(spec.candidates)})")
     fracs = _check(fractions, repeats, test_fraction)
     ds = load_training_data(spec, settings, data_path)
-    X, y = ds.X, ds.y
+    X, y = ds.X, ds.y.to_numpy()
     names = CURVE_METRICS[spec.task]
     classify = spec.task == "classification"
     values: dict[float, dict[str, list[float]]] = {f: {m: [] for m in names} for f in fracs}
-    train_rows: dict[float, int] = {}
-    test_rows = 0
-    total = repeats * len(fracs)
     for r in range(repeats):
         seed = settings.seed + r
         rest, test = train_test_split(
@@ -144,30 +140,26 @@ def learning_curve(
         )
         # One shuffled order of the remaining rows; each fraction takes a prefix of it, so the
         # subsets are nested. Classifiers take a stratified order (a prefix keeps the class ratio).
-        order = (
-            _stratified_order(y.to_numpy()[rest], seed)
-            if classify
-            else np.random.default_rng(seed).permutation(len(rest))
-        )
-        rest = rest[order]
-        test_rows = len(test)
-        y_test = y.to_numpy()[test]
+        rest = rest[
+            _stratified_order(y[rest], seed) if classify else np.random.default_rng(seed).permutation(len(rest))
+        ]
         for i, f in enumerate(fracs):
-            n = max(1, round(f * len(rest)))
-            train_rows[f] = n
+            train = rest[: _train_rows(f, len(rest))]
             est = spec.candidates[candidate](params)
-            est.fit(X.iloc[rest[:n]], y.iloc[rest[:n]])  # type: ignore[attr-defined]
-            scores = score_rows(spec, est, X.iloc[test])
-            metrics = (
-                ev.classification_metrics(y_test, scores, 0.5)
-                if classify
-                else ev.regression_metrics(y_test, scores)
-            )
+            est.fit(X.iloc[train], y[train])  # type: ignore[attr-defined]
+            metrics = score_metrics(spec, y[test], score_rows(spec, est, X.iloc[test]))
             for m in names:
                 values[f][m].append(float(metrics[m]))
-            progress(f"{spec.name}: learning curve {candidate}", r * len(fracs) + i + 1, total)
-    points = tuple(CurvePoint(f, train_rows[f], {m: tuple(v) for m, v in values[f].items()}) for f in fracs)
-    return LearningCurve(spec.name, candidate, len(X), test_rows, repeats, points)
+            progress(f"{spec.name}: learning curve {candidate}", r * len(fracs) + i + 1, repeats * len(fracs))
+    n_rest, n_test = len(rest), len(test)  # the same sizes in every repeat
+    points = tuple(
+        CurvePoint(f, _train_rows(f, n_rest), {m: tuple(v) for m, v in values[f].items()}) for f in fracs
+    )
+    return LearningCurve(spec.name, candidate, len(X), n_test, repeats, points)
+
+
+def _train_rows(fraction: float, available: int) -> int:
+    return max(1, round(fraction * available))
 
 
 def _stratified_order(y: np.ndarray, seed: int) -> np.ndarray:

@@ -118,13 +118,16 @@ def score_rows(spec: ServiceSpec, est: BaseEstimator, X: pd.DataFrame) -> np.nda
     return np.asarray(est.predict(X), dtype=float)  # type: ignore[attr-defined]
 
 
+def score_metrics(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Point metrics of ``score_rows`` output (classifiers at threshold 0.5: only the
+    threshold-free ones, ROC-AUC and PR-AUC, are meant to be read)."""
+    if spec.task == "classification":
+        return ev.classification_metrics(y, scores, 0.5)
+    return ev.regression_metrics(y, scores)
+
+
 def _fold_score(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> float:
-    m = (
-        ev.classification_metrics(y, scores, 0.5)
-        if spec.task == "classification"
-        else ev.regression_metrics(y, scores)
-    )
-    return m[spec.primary_metric]
+    return score_metrics(spec, y, scores)[spec.primary_metric]
 
 
 def cross_validate(
