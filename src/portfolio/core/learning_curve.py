@@ -140,9 +140,8 @@ def learning_curve(
         )
         # One shuffled order of the remaining rows; each fraction takes a prefix of it, so the
         # subsets are nested. Classifiers take a stratified order (a prefix keeps the class ratio).
-        rest = rest[
-            _stratified_order(y[rest], seed) if classify else np.random.default_rng(seed).permutation(len(rest))
-        ]
+        shuffle = np.random.default_rng(seed).permutation
+        rest = rest[_stratified_order(y[rest], seed) if classify else shuffle(len(rest))]
         for i, f in enumerate(fracs):
             train = rest[: _train_rows(f, len(rest))]
             est = spec.candidates[candidate](params)
