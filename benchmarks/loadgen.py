@@ -17,7 +17,7 @@ import pandas as pd
 
 from portfolio.core import registry
 from portfolio.core.data import read_raw_csv
-from portfolio.core.processes import bin_path, free_port, start, wait_http
+from portfolio.core.processes import bin_path, free_port, start, wait_all_workers_ready
 from portfolio.core.schema import validate_frame
 from portfolio.core.settings import Settings
 from portfolio.services import SERVICES
@@ -73,7 +73,7 @@ def serve_api(name: str, settings: Settings, workers: int = 1) -> tuple[subproce
         log_file=settings.resolved_state_dir / f"bench-{name}.log",
     )
     base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/ready", timeout=240, proc=proc)
+    wait_all_workers_ready(base, timeout=240, proc=proc, in_a_row=20 if workers > 1 else 1)
     return proc, base
 
 

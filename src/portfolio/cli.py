@@ -509,23 +509,30 @@ def serve(
     """Start the service's API (uvicorn)."""
     import uvicorn
 
+    from portfolio.core.workers import reuse_port_supported, serve_workers
+
     settings = _settings()
     _spec(service)
     os.environ["PORTFOLIO_SERVICE"] = service
     # uvicorn answers SIGTERM/SIGINT with a graceful shutdown (in-flight requests complete), then
     # re-raises the signal to the handler it found: make that a clean exit (0), not death by signal.
+    config: dict[str, Any] = {
+        "app": "portfolio.core.api:app_from_env",
+        "factory": True,
+        "host": host or settings.host,
+        "port": port or settings.port,
+        "log_level": settings.log_level.lower(),
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    n = workers or settings.workers
+    if n > 1 and reuse_port_supported():
+        # A listening socket per worker, so keep-alive clients spread over the workers
+        # (core/workers.py says why uvicorn's shared socket does not).
+        sys.exit(serve_workers(config, n))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
-    uvicorn.run(
-        "portfolio.core.api:app_from_env",
-        factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
-        workers=workers or settings.workers,
-        log_level=settings.log_level.lower(),
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.run(**config, workers=n)
 
 
 @app.command()

@@ -70,6 +70,20 @@ def wait_http(
     raise TimeoutError(f"{url} did not answer in {timeout:.0f}s ({last})")
 
 
+def wait_all_workers_ready(
+    base: str, timeout: float = 240.0, proc: subprocess.Popen[bytes] | None = None, in_a_row: int = 20
+) -> None:
+    """``base``/ready until it answers 200 ``in_a_row`` times in a row, each on a new connection:
+    with several workers (a listening socket each, core/workers.py) a new connection may reach
+    any of them, and each loads its own model."""
+    wait_http(f"{base}/ready", timeout=timeout, proc=proc)
+    deadline, seen = time.monotonic() + timeout, 0
+    while seen < in_a_row:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{base}: not every worker became ready in {timeout:.0f}s")
+        seen = seen + 1 if httpx.get(f"{base}/ready", timeout=5.0).status_code == 200 else 0
+
+
 def start(
     argv: list[str],
     env: Mapping[str, str] | None = None,

@@ -46,7 +46,11 @@ class Settings(BaseSettings):
 
     host: str = Field(default="127.0.0.1", description="API bind address.")
     port: int = Field(default=8000, description="API port (`portfolio serve`).")
-    workers: int = Field(default=1, ge=1, description="Uvicorn worker processes.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="API worker processes, each with its own listening socket (core/workers.py).",
+    )
     max_batch_size: int = Field(default=1000, ge=1, description="Max records per /predict/batch.")
     max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Max request body size.")
     model_load_retries: int = Field(default=5, ge=0, description="Tracking-server retries at load.")
