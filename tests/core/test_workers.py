@@ -40,9 +40,16 @@ def serve_argv(port: int, workers: int) -> list[str]:
 
 
 def workers_of(proc: subprocess.Popen[bytes]) -> list[psutil.Process]:
-    # multiprocessing's spawn also starts a resource tracker, which serves nothing.
-    kids = psutil.Process(proc.pid).children()
-    return [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
+    """The supervisor's live workers (multiprocessing's spawn also starts a resource tracker,
+    which serves nothing; a killed worker stays a zombie until the supervisor reaps it)."""
+    out = []
+    for kid in psutil.Process(proc.pid).children():
+        try:
+            if kid.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(kid.cmdline()):
+                out.append(kid)
+        except psutil.Error:  # exited in between
+            continue
+    return out
 
 
 @contextmanager
