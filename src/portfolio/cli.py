@@ -514,8 +514,6 @@ def serve(
     settings = _settings()
     _spec(service)
     os.environ["PORTFOLIO_SERVICE"] = service
-    # uvicorn answers SIGTERM/SIGINT with a graceful shutdown (in-flight requests complete), then
-    # re-raises the signal to the handler it found: make that a clean exit (0), not death by signal.
     config: dict[str, Any] = {
         "app": "portfolio.core.api:app_from_env",
         "factory": True,
@@ -530,6 +528,8 @@ def serve(
         # A listening socket per worker, so keep-alive clients spread over the workers
         # (core/workers.py says why uvicorn's shared socket does not).
         sys.exit(serve_workers(config, n))
+    # uvicorn answers SIGTERM/SIGINT with a graceful shutdown (in-flight requests complete), then
+    # re-raises the signal to the handler it found: make that a clean exit (0), not death by signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_cleanly)
     uvicorn.run(**config, workers=n)

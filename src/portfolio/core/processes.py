@@ -79,9 +79,15 @@ def wait_all_workers_ready(
     wait_http(f"{base}/ready", timeout=timeout, proc=proc)
     deadline, seen = time.monotonic() + timeout, 0
     while seen < in_a_row:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before every worker was ready")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{base}: not every worker became ready in {timeout:.0f}s")
-        seen = seen + 1 if httpx.get(f"{base}/ready", timeout=5.0).status_code == 200 else 0
+        try:
+            ready = httpx.get(f"{base}/ready", timeout=5.0).status_code == 200
+        except httpx.HTTPError:
+            ready = False
+        seen = seen + 1 if ready else 0
 
 
 def start(
