@@ -25,7 +25,7 @@ import pytest
 from portfolio.bankchurn.spec import SPEC
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_all_workers_ready
 from portfolio.core.settings import Settings
-from portfolio.core.workers import Supervisor
+from portfolio.core.workers import Supervisor, reuse_port_supported
 from tests.helpers import ROOT, require
 from tests.live import state_env
 
@@ -174,7 +174,7 @@ def test_a_worker_that_cannot_bind_stops_the_server_with_exit_1(bank_state: Sett
 def test_a_worker_that_keeps_dying_at_start_is_not_restarted_forever(tmp_path: Path) -> None:
     """An app that does not import exits (uvicorn: code 1) each time: after MAX_QUICK_EXITS
     quick exits the supervisor gives up with 1 instead of restarting it in a loop."""
-    require(hasattr(socket, "SO_REUSEPORT"), "SO_REUSEPORT (Linux)")
+    require(reuse_port_supported(), "SO_REUSEPORT (Linux)")
     config = {"app": "no_such_module:app", "host": "127.0.0.1", "port": free_port(), "log_level": "critical"}
     supervisor = Supervisor(config, workers=1, poll_s=0.05)
     begin = time.monotonic()
