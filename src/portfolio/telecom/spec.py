@@ -190,14 +190,16 @@ DEFAULTS: dict[str, Any] = {
     # Soft-voting weights of (logistic, xgboost, random_forest).
     "weights": [2, 1, 1],
     "logistic_C": 0.1,
-    "xgb_n_estimators": 300,
-    "xgb_learning_rate": 0.03,
+    # 100 trees at 0.09 and 30 forest trees score the same CV ROC-AUC as 300 at 0.03 and 100
+    # (0.8496 both, 6 repeats of 5-fold) for a third of the trees to walk per prediction.
+    "xgb_n_estimators": 100,
+    "xgb_learning_rate": 0.09,
     "xgb_max_depth": 3,
     "xgb_min_child_weight": 5.0,
     "xgb_subsample": 0.8,
     "xgb_colsample_bytree": 0.8,
     "xgb_reg_lambda": 5.0,
-    "rf_n_estimators": 100,
+    "rf_n_estimators": 30,
     "rf_min_samples_leaf": 10,
     "rf_max_features": 0.3,
     # Depth 6 scores the same CV ROC-AUC as unlimited depth (0.8495 vs 0.8496, 3 repeats of 5-fold)
