@@ -26,6 +26,7 @@ from portfolio.core.explain import (
     SAMPLING_SHAPLEY,
     TREE_SHAP,
     ReferenceProfile,
+    _largest_first,
     column_sources,
     explain_frame,
     find_step,
@@ -272,7 +273,8 @@ def test_top_factors_text_equals_formatting_each_value(k: int, n: int) -> None:
         "price": np.where(rng.random(n) < 0.1, np.nan, np.round(rng.normal(50, 20, n), 1)),
         "plan": np.array(rng.choice(["a", "b", None], n).tolist(), dtype=object),
         "flag": np.array([[1, True, "yes"][i] for i in rng.integers(0, 3, n)], dtype=object),
-        "count": rng.integers(0, 5, n).astype(np.float64),
+        # -0.0 beside 0.0: equal values that print differently ("-0", "0")
+        "count": rng.integers(0, 5, n).astype(np.float64) * rng.choice([1.0, -1.0], n),
         "rare": np.array([f"v{i}" for i in range(n)], dtype=object),
         "day": np.arange(n).astype("datetime64[D]").astype("datetime64[ns]"),
     }
@@ -288,3 +290,16 @@ def test_top_factors_text_equals_formatting_each_value(k: int, n: int) -> None:
     assert got == _top_factors_one_by_one(values, names, cols, k)
     assert any("flag=1 " in t for t in got) and any("flag=True " in t for t in got)
     assert any("(-0.00)" in t for t in got) and any("=missing" in t for t in got)
+    if k >= 3:
+        assert any("count=-0 " in t for t in got) and any("count=0 " in t for t in got)
+
+
+def test_largest_first_is_the_stable_descending_sort() -> None:
+    """The top-k columns per row: as a stable sort of -size, ties in column order, NaN last."""
+    rng = np.random.default_rng(3)
+    sizes = np.abs(np.round(rng.normal(0, 1, (500, 19)), 1))  # many ties
+    sizes[::7, 3] = np.nan
+    sizes[::11] = 0.0
+    for k in (1, 3, 19):
+        expected = np.argsort(-sizes, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(_largest_first(sizes, k), expected)
