@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
+import weakref
+
+from portfolio.core.api import ModelHolder
+from portfolio.core.processes import freeze_heap
+from portfolio.core.settings import Settings
+from tests.core import synthetic
 
 # Allocate and free arrays of several sizes (1-17 MB) in rounds, as a batch request does, and
 # print the page faults of the last 20 rounds.
@@ -35,3 +42,37 @@ def test_kept_freed_memory_is_reused_without_page_faults() -> None:
     faults a round); after keep_freed_memory() the freed heap is reused (almost none)."""
     assert _faults_per_round("default") > 500
     assert _faults_per_round("keep") < 50
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the collector frees it
+
+
+def test_freeze_heap_freezes_what_is_alive_and_collects_old_cycles_when_called_again() -> None:
+    """What is alive at the call leaves the collector's reach (a full collection no longer walks
+    it); garbage from before the next call (the old model after a reload) is still collected."""
+    alive = _Cycle()
+    ref = weakref.ref(alive)
+    try:
+        assert freeze_heap() > 0
+        del alive
+        gc.collect()
+        assert ref() is not None  # frozen: a collection does not see it
+        freeze_heap()
+        assert ref() is None  # unfrozen first, then collected
+    finally:
+        gc.unfreeze()
+
+
+def test_a_loaded_model_is_frozen(synth_trained: Settings) -> None:
+    gc.unfreeze()
+    try:
+        holder = ModelHolder(synthetic.CLASSIFIER, synth_trained)
+        predictor = holder.load_now()
+        assert gc.get_freeze_count() > 0
+        # the model's objects are among the frozen ones: the collector no longer tracks them as
+        # part of any generation
+        assert all(id(o) != id(predictor.model) for o in gc.get_objects())
+    finally:
+        gc.unfreeze()

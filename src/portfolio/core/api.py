@@ -35,6 +35,7 @@ from portfolio.core import registry
 from portfolio.core.inference import Predictor, as_records
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
+from portfolio.core.processes import freeze_heap
 from portfolio.core.schema import PlainBatch, plain_dict_validators, plainly_valid_batch, request_model
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
@@ -63,6 +64,7 @@ class ModelHolder:
         predictor.warm_up()  # before /ready says ready
         with self._lock:
             self.predictor, self.error, self.state = predictor, None, "ready"
+        freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
         log.info("%s v%s loaded (%s)", self.spec.name, loaded.version, loaded.source)
         return predictor
 
@@ -79,6 +81,7 @@ class ModelHolder:
         with self._lock:
             self.predictor = predictor
             self.state, self.error = "ready", None
+        freeze_heap()  # the old model's cycles are collected, the new one frozen
         log.info("%s: champion changed %s → v%s", self.spec.name, current, loaded.version)
         return True
 
