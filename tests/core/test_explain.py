@@ -26,7 +26,6 @@ from portfolio.core.explain import (
     SAMPLING_SHAPLEY,
     TREE_SHAP,
     ReferenceProfile,
-    _largest_first,
     column_sources,
     explain_frame,
     find_step,
@@ -292,14 +291,3 @@ def test_top_factors_text_equals_formatting_each_value(k: int, n: int) -> None:
     assert any("(-0.00)" in t for t in got) and any("=missing" in t for t in got)
     if k >= 3:
         assert any("count=-0 " in t for t in got) and any("count=0 " in t for t in got)
-
-
-def test_largest_first_is_the_stable_descending_sort() -> None:
-    """The top-k columns per row: as a stable sort of -size, ties in column order, NaN last."""
-    rng = np.random.default_rng(3)
-    sizes = np.abs(np.round(rng.normal(0, 1, (500, 19)), 1))  # many ties
-    sizes[::7, 3] = np.nan
-    sizes[::11] = 0.0
-    for k in (1, 3, 19):
-        expected = np.argsort(-sizes, axis=1, kind="stable")[:, :k]
-        np.testing.assert_array_equal(_largest_first(sizes, k), expected)
