@@ -303,7 +303,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "  feature step declares what its derived columns read (`TelcoFeatures.derived_from`), so",
         "  a substituted field's own columns take the substitute's encoding, computed once, and",
         "  only the derived columns it feeds are computed again, on its rows. The factors' text is",
-        "  built column by column, each distinct label and hundredth formatted once (~2.3 ms). API",
+        "  built column by column, each distinct label and hundredth formatted once (~2.5 ms). API",
         "  workers keep freed memory for reuse (glibc `mallopt`), which removed ~3,100 page faults",
         "  and ~10 ms of kernel CPU per batch. `?explain=false` (CLI: `--no-explain`) scores the",
         "  customer alone and leaves `top_factors` null; its rows above show what the explanation",
