@@ -16,7 +16,10 @@ from portfolio.core.fastpath import (
     NotCompilable,
     compile_column_transformer,
     compile_pipeline,
+    equal_to,
+    filled_like,
     frame_to_columns,
+    same_values,
     to_columns,
 )
 from portfolio.core.features import tabular_preprocessor
@@ -364,3 +367,24 @@ def test_patching_an_encoding_equals_encoding_afresh() -> None:
     after["color"][2::5] = "violet"
     patched = enc.patch(enc(before), after, before)
     np.testing.assert_allclose(patched, ct.transform(pd.DataFrame(after)), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("values", "value"),
+    [
+        (np.array([1.0, np.nan, 2.0, -0.0, 0.0]), 2.0),
+        (np.array([1.0, np.nan, 2.0, -0.0, 0.0]), 0),
+        (np.array([1.0, np.nan, 2.0]), None),
+        (np.array([1.0, np.nan, 2.0]), float("nan")),
+        (np.array(["Yes", None, "No", "yes", "Yes"], dtype=object), "Yes"),
+        (np.array(["Yes", pd.NA, "No"], dtype=object), "No"),
+        (np.array(["Yes", None, "No"], dtype=object), None),
+        (np.array(["2020-01-01", "2021-03-04"], dtype="datetime64[ns]"), np.datetime64("2020-01-01", "ns")),
+    ],
+)
+def test_equal_to_a_value_is_comparing_with_its_copies(values: np.ndarray, value: object) -> None:
+    """The substitutions' shortcut gives what comparing with a filled column gives."""
+    expected = same_values(values, filled_like(values, value, len(values)))
+    got = equal_to(values, value)
+    assert got.dtype == bool and got.shape == values.shape
+    np.testing.assert_array_equal(got, expected)

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -242,7 +243,7 @@ def test_live_window_is_bounded_and_evaluated_lazily(data_dir: Path, tmp_path: P
     monitor.reference, monitor.reference_version = DriftReference.from_frame(BANK, rows), "1"
     records = bank_shift(rows.head(1500)).to_dict(orient="records")
     for record in records:
-        monitor.observe([record], [0.5])
+        monitor.observe({f.name: [record.get(f.name)] for f in BANK.fields}, [0.5])
     # Observing is an append: no statistics are computed on the request path (speed itself is
     # measured by the benchmarks, not asserted here).
     assert len(monitor) == 1000 and monitor.evaluations == 0
@@ -252,8 +253,29 @@ def test_live_window_is_bounded_and_evaluated_lazily(data_dir: Path, tmp_path: P
     assert monitor.evaluate() is result and monitor.evaluations == 1  # cached until new records
     small = LiveMonitor(BANK, window=1000)
     small.reference, small.reference_version = monitor.reference, "1"
-    small.observe(records[:150], [0.5] * 150)
+    small.observe({f.name: [r.get(f.name) for r in records[:150]] for f in BANK.fields}, [0.5] * 150)
     assert not any(r["drifted"] for r in small.evaluate()["features"].values())  # too few rows
+
+
+def test_live_window_keeps_exactly_the_last_rows_across_requests() -> None:
+    """Requests of any size: the window holds the last ``window`` rows in order (a request
+    only partly inside it counts only its newest rows), and drops what is wholly older."""
+    monitor = LiveMonitor(BANK, window=1000)
+    sizes, start = [300, 400, 1, 500, 250], 0
+    for n in sizes:
+        scores = [float(i) for i in range(start, start + n)]
+        values = {f.name: [f"{f.name}{i}" for i in range(start, start + n)] for f in BANK.fields}
+        monitor.observe(values, scores)
+        start += n
+        assert len(monitor) == min(start, 1000)
+    columns, scores = monitor._window()
+    assert scores == [float(i) for i in range(start - 1000, start)]
+    assert columns["Age"] == [f"Age{i}" for i in range(start - 1000, start)]
+    assert monitor._rows < 1000 + 250  # the 300- and 400-row requests were dropped
+    result = monitor.evaluate()
+    assert result["rows"] == 1000 and result["prediction"]["mean"] == np.mean(scores)
+    monitor.observe({f.name: [] for f in BANK.fields}, [])  # nothing to add
+    assert len(monitor) == 1000
 
 
 def _gauges(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -36,7 +36,7 @@ from portfolio.core.inference import Predictor, as_records
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
 from portfolio.core.processes import freeze_heap
-from portfolio.core.schema import PlainBatch, plain_dict_validators, plainly_valid_batch, request_model
+from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
 
@@ -363,12 +363,10 @@ def create_app(
     prediction_counters: dict[str, Any] = {}
 
     def respond(
-        p: Predictor,
-        rows: list[dict[str, Any]],
-        explain: bool,
-        values: Mapping[str, Sequence[Any]] | None = None,
+        p: Predictor, count: int, values: Mapping[str, Sequence[Any]], explain: bool
     ) -> list[dict[str, Any]]:
-        out = p.predict_columns(rows, explain, values)
+        """The response records of ``count`` validated records, given as each field's values."""
+        out = p.predict_columns(None, explain, values)
         constants: dict[str, Any] = {"model_version": p.version}
         if spec.task == "classification":
             constants["threshold"] = p.threshold
@@ -381,13 +379,13 @@ def create_app(
                 labels, counts = np.unique(predictions, return_counts=True)
                 tally = {str(k): int(n) for k, n in zip(labels.tolist(), counts.tolist(), strict=True)}
         else:
-            tally = {"price": len(rows)}
+            tally = {"price": count}
         for label, n in tally.items():  # one increment per label, not per record (a batch: 1,000)
             counter = prediction_counters.get(label)
             if counter is None:
                 counter = prediction_counters[label] = metrics.predictions.labels(spec.name, label)
             counter.inc(n)
-        monitor.observe(rows, out[score_key].tolist())
+        monitor.observe(values, out[score_key].tolist())
         return as_records(out, constants)
 
     @app.post(
@@ -417,17 +415,16 @@ def create_app(
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
 
-    def batch_records(body: bytes) -> PlainBatch:
-        """A batch's records (and each field's values): checked column by column when every
+    decode_plain_batch = plain_batch_decoder(spec.fields, settings.max_batch_size)
+
+    def batch_values(body: bytes) -> PlainBatch:
+        """A batch's size and each field's values: decoded and checked in one pass when every
         value is plainly valid, else by the request models, which also convert what they may
         and name every error."""
-        try:
-            batch = plainly_valid_batch(orjson.loads(body), spec.fields, settings.max_batch_size)
-        except orjson.JSONDecodeError:
-            batch = None
+        batch = decode_plain_batch(body)
         if batch is None:
             records = parse(body, batch_validator)["records"]
-            batch = PlainBatch(records, {f.name: [r.get(f.name) for r in records] for f in spec.fields})
+            batch = PlainBatch(len(records), {f.name: [r.get(f.name) for r in records] for f in spec.fields})
         return batch
 
     @app.post("/predict", tags=["predict"], openapi_extra=_body_schema(Record), responses=PREDICT_RESPONSES)
@@ -436,7 +433,7 @@ def create_app(
         require_key(request)
         record = parse(await request.body(), record_validator)
         p = require_model()
-        return _json(respond(p, [record], explain)[0])
+        return _json(respond(p, 1, {f.name: (record.get(f.name),) for f in spec.fields}, explain)[0])
 
     @app.post(
         "/predict/batch", tags=["predict"], openapi_extra=_body_schema(Batch), responses=PREDICT_RESPONSES
@@ -444,14 +441,13 @@ def create_app(
     async def predict_batch(request: Request, explain: bool = EXPLAIN_QUERY) -> Response:
         """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
         require_key(request)
-        batch = batch_records(await request.body())
+        batch = batch_values(await request.body())
         p = require_model()
-        rows = batch.records
         return _json(
             {
-                "predictions": respond(p, rows, explain, batch.values),
+                "predictions": respond(p, batch.rows, batch.values, explain),
                 "model_version": p.version,
-                "count": len(rows),
+                "count": batch.rows,
             }
         )
 

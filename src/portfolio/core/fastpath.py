@@ -60,17 +60,19 @@ class NotCompilable(Exception):
 
 
 def to_columns(
-    records: Sequence[dict[str, Any]],
+    records: Sequence[dict[str, Any]] | None,
     fields: Sequence[Field],
     values: Mapping[str, Sequence[Any]] | None = None,
 ) -> Columns:
     """Validated records → one numpy array per field (numbers float64 with NaN, others object).
-    ``values``: each field's values already taken out of the records, in order (the batch
-    endpoint's check does that)."""
+    ``values``: each field's values instead, in record order (what the API's endpoints hold;
+    ``records`` is then not read)."""
     cols: Columns = {}
+    if values is None and records is None:
+        raise ValueError("to_columns needs records or values")
     for f in fields:
         # An optional field may be left out of a record.
-        values_ = values[f.name] if values is not None else [r.get(f.name) for r in records]
+        values_ = values[f.name] if values is not None else [r.get(f.name) for r in records or ()]
         if f.kind in ("int", "float"):
             cols[f.name] = np.array(values_, dtype=np.float64)  # None → NaN
         elif f.kind == "date":
@@ -267,6 +269,20 @@ def same_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return np.asarray(a == b, dtype=bool)
     except (TypeError, ValueError):  # e.g. pd.NA, whose truth value is undefined
         return np.zeros(len(a), dtype=bool)
+
+
+def equal_to(values: np.ndarray, value: Any) -> np.ndarray:
+    """``same_values(values, filled_like(values, value, len(values)))`` without the filled
+    copy: a number column against a number (or None: missing), a text column against a text
+    (a TelecomAI batch's 19 reference comparisons: 0.25-0.38 vs 0.69-0.82 ms)."""
+    if values.dtype.kind == "f" and (value is None or type(value) in (float, int)):
+        return np.isnan(values) if value is None or value != value else np.asarray(values == value)
+    if values.dtype == object and type(value) is str:
+        try:
+            return np.asarray(values == value, dtype=bool)
+        except (TypeError, ValueError):  # e.g. pd.NA in the column
+            return np.zeros(len(values), dtype=bool)
+    return same_values(values, filled_like(values, value, len(values)))
 
 
 def filled_like(values: np.ndarray, value: Any, m: int) -> np.ndarray:
@@ -1054,9 +1070,7 @@ class CompiledPipeline:
         names = list(substitutes)
         features = self.features(cols)
         matrix = self.encoder(features)
-        changed = [
-            np.flatnonzero(~same_values(cols[c], filled_like(cols[c], substitutes[c], n))) for c in names
-        ]
+        changed = [np.flatnonzero(~equal_to(cols[c], substitutes[c])) for c in names]
         rows = np.concatenate(changed)
         scores, walked = self.model_fn.walk(matrix)
         out = np.repeat(scores[:, None], len(names), axis=1)

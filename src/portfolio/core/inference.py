@@ -155,11 +155,12 @@ class Predictor:
 
     def predict_columns(
         self,
-        records: Sequence[dict[str, Any]],
+        records: Sequence[dict[str, Any]] | None,
         explain: bool = True,
         values: Mapping[str, Sequence[Any]] | None = None,
     ) -> dict[str, np.ndarray]:
-        """``predict_records``' outputs as one array per output column."""
+        """``predict_records``' outputs as one array per output column (``records`` may be None
+        when ``values`` are given)."""
         return self._outputs(to_columns(records, self.spec.fields, values), explain)
 
 

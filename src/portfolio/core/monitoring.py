@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -736,17 +736,21 @@ PSI on training deciles + Kolmogorov-Smirnov; categorical: PSI + chi-square.</p>
 class LiveMonitor:
     """A bounded window of the most recent inputs and scores of a running API.
 
-    ``observe`` is all a request pays (one deque append per record, no copy, no statistics);
-    ``evaluate`` computes the drift scores from the window when ``/metrics`` is scraped, and
-    caches them until new records arrive. One window per process: with several uvicorn workers
-    each reports its own share of the traffic."""
+    ``observe`` is all a request pays: one append of the request's columns (each field's
+    values, as the endpoint already holds them), no copy and no statistics; ``evaluate``
+    computes the drift scores from the last ``window`` rows when ``/metrics`` is scraped, and
+    caches them until new rows arrive. Columns, not records: a batch of 1,000 records needs
+    no per-record work here, and the statistics are per field anyway. One window per
+    process: with several workers each reports its own share of the traffic."""
 
     def __init__(self, spec: ServiceSpec, window: int = 1000, thresholds: Thresholds = Thresholds()):
         self.spec = spec
         self.window = window
         self.thresholds = thresholds
-        self._records: deque[Mapping[str, Any]] = deque(maxlen=window)
-        self._scores: deque[float] = deque(maxlen=window)
+        # (each field's values, the scores) per observed request, oldest first; chunks wholly
+        # older than the last ``window`` rows are dropped as new ones arrive.
+        self._chunks: deque[tuple[Mapping[str, Sequence[Any]], Sequence[float]]] = deque()
+        self._rows = 0  # rows held in _chunks (at most window + one request's rows - 1)
         self._seen = 0
         self._lock = threading.Lock()
         self.reference: DriftReference | None = None
@@ -757,14 +761,32 @@ class LiveMonitor:
         self._background: tuple[DriftReference, pd.DataFrame] | None = None
         self.evaluations = 0  # how often the statistics were computed (scrapes with new data)
 
-    def observe(self, records: Sequence[Mapping[str, Any]], scores: Iterable[float]) -> None:
+    def observe(self, values: Mapping[str, Sequence[Any]], scores: Sequence[float]) -> None:
+        """One request's rows: ``values`` maps every field to its values (row order), ``scores``
+        holds the model's score of each row. Neither is copied: the caller must not change
+        them afterwards."""
+        n = len(scores)
+        if not n:
+            return
         with self._lock:
-            self._records.extend(records)
-            self._scores.extend(scores)
-            self._seen += len(records)
+            self._chunks.append((values, scores))
+            self._rows += n
+            self._seen += n
+            while self._rows - len(self._chunks[0][1]) >= self.window:
+                self._rows -= len(self._chunks.popleft()[1])
 
     def __len__(self) -> int:
-        return len(self._records)
+        return min(self._rows, self.window)
+
+    def _window(self) -> tuple[dict[str, list[Any]], list[float]]:
+        """The last ``window`` rows, as columns (call with the lock held)."""
+        skip = self._rows - min(self._rows, self.window)
+        chunks = list(self._chunks)
+        columns = {
+            f.name: list(itertools.chain.from_iterable(v[f.name] for v, _ in chunks))[skip:]
+            for f in self.spec.fields
+        }
+        return columns, list(itertools.chain.from_iterable(s for _, s in chunks))[skip:]
 
     def needs_reference(self, version: str) -> bool:
         return self.reference_version != version and time.monotonic() >= self._retry_at
@@ -820,29 +842,30 @@ class LiveMonitor:
             key = (self._seen, self.reference_version)
             if self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
-            records = list(self._records)
-            scores = np.fromiter(self._scores, dtype=float, count=len(self._scores))
+            columns, listed = self._window()
+            scores = np.asarray(listed, dtype=float)
             self.evaluations += 1
-        result: dict[str, Any] = {"rows": len(records), "features": {}, "prediction": {}}
+        rows = len(scores)
+        result: dict[str, Any] = {"rows": rows, "features": {}, "prediction": {}}
         ref = self.reference
-        if records:
+        if rows:
             result["prediction"]["mean"] = float(np.nanmean(scores))
             for q in (0.1, 0.5, 0.9):
                 result["prediction"][f"q{q}"] = float(np.nanquantile(scores, q))
-        if ref is not None and records:
+        if ref is not None and rows:
             pred = ref.data.get("prediction") or {}
             threshold = pred.get("threshold")
             if self.spec.task == "classification" and threshold is not None:
                 result["prediction"]["positive_rate"] = float(np.mean(scores >= threshold))
             if pred:
                 result["prediction"]["psi"] = psi(*_bin_counts(pred, scores)[1:])
-            enough = len(records) >= self.thresholds.min_rows
+            enough = rows >= self.thresholds.min_rows
             feats = ref.features
             sample = ref.data.get("sample") or {}
             for f in self.spec.fields:
                 if f.name not in feats:
                     continue
-                col = [r.get(f.name) for r in records]
+                col = columns[f.name]
                 values: Any = numeric_values(col, f) if _is_numeric(f) else col
                 r = compare_feature(
                     f.name,

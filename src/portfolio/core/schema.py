@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import math
-import operator
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple, NotRequired
 
 import annotated_types
+import msgspec
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
@@ -376,75 +375,76 @@ def plain_dict_validators(
     return TypeAdapter(record), TypeAdapter(_typed_dict(batch_model, {"records": list[record]}))  # type: ignore[valid-type]
 
 
-_NUMBER_TYPES: dict[str, frozenset[type]] = {"int": frozenset({int}), "float": frozenset({int, float})}
-
-
 class PlainBatch(NamedTuple):
-    records: list[dict[str, Any]]
+    rows: int  # records in the batch
     values: dict[str, Sequence[Any]]  # each field's values, in record order (None: left out)
 
 
-def plainly_valid_batch(data: Any, fields: tuple[Field, ...], max_records: int) -> PlainBatch | None:
-    """A batch body already parsed from JSON (``{"records": [...]}``) → its records and each
-    field's values when every value is plainly valid: the exact JSON type of its field (a JSON
-    integer for an int; no true/false or text for numbers), in range, a known category, a date
-    already in its format; required fields present and no unknown ones. None otherwise: the
-    caller then validates with the request models, which accept the same records plus the values
-    they convert (5.0 for an int, a date with spaces around it) and name every error's field
-    and reason. ``tests/core/test_schema.py`` checks that whatever this accepts, the request
-    models accept too, with the same columns.
-
-    Column by column instead of value by value, and the values are taken out of the records
-    once, for this check and for the model's columns. Parsing, checking and building the columns
-    of a 1,000-record batch took 4.3-4.8 ms against 7.5-8.7 ms through the request models for
-    BankChurn, 7.4-7.6 vs 10.5-11.3 ms for CarVision and 4.6-9.0 vs 6.6-12.9 ms for TelecomAI."""
-    if type(data) is not dict or data.keys() != {"records"}:
-        return None
-    records = data["records"]
-    if type(records) is not list or not 1 <= len(records) <= max_records:
-        return None
-    if set(map(type, records)) != {dict}:
-        return None
-    names = [f.name for f in fields]
-    if len(names) > 1 and set(map(len, records)) == {len(names)}:
-        # The usual batch: every record has as many keys as there are fields. One C-level
-        # lookup of all of them per record; a KeyError means one key is unknown.
-        try:
-            rows = list(map(operator.itemgetter(*names), records))
-        except KeyError:
-            return None
-        values: dict[str, Sequence[Any]] = dict(zip(names, zip(*rows, strict=True), strict=True))
+def _plain_type(f: Field) -> Any:
+    """The msgspec type of a plainly valid value of ``f`` (see ``plain_batch_decoder``)."""
+    meta: dict[str, Any] = {}
+    typ: Any
+    if f.kind in ("int", "float"):
+        typ = int if f.kind == "int" else float
+        if f.min is not None:
+            meta["ge"] = f.min
+        if f.max is not None:
+            meta["le"] = f.max
+    elif f.kind == "category" and f.categories:
+        typ = Literal[f.categories]
     else:
-        known = set(names)
-        if not all(r.keys() <= known for r in records):
+        typ = str
+        if f.kind != "date":  # a date's text is checked against its format afterwards
+            meta.update(min_length=TEXT_MIN_LENGTH, max_length=TEXT_MAX_LENGTH)
+    if meta:
+        typ = Annotated[typ, msgspec.Meta(**meta)]
+    return typ | None if f.allows_null else typ
+
+
+def plain_batch_decoder(fields: tuple[Field, ...], max_records: int) -> Callable[[bytes], PlainBatch | None]:
+    """A batch body (``{"records": [...]}``) → its size and each field's values, when every
+    value is plainly valid: the exact JSON type of its field (a JSON integer for an int, an
+    integer or a decimal for a float; no true/false or text for numbers), in range, a known
+    category, a text of allowed length, a date already in its format; required fields present,
+    no unknown ones, 1 to ``max_records`` records. None otherwise: the caller then validates
+    with the request models, which accept the same records plus the values they convert (5.0
+    for an int, a date with spaces around it) and name every error's field and reason.
+    ``tests/core/test_schema.py`` checks that whatever this accepts, the request models
+    accept too, with the same columns.
+
+    msgspec parses and checks the JSON in one pass, in C, into slotted records that are not
+    tracked by the garbage collector; no per-record dict is built. A 1,000-record TelecomAI
+    batch: 0.9 against 2.9 ms for orjson plus a Python check column by column (1.5 against
+    0.5 ms for BankChurn, 2.0 against 0.6 ms for CarVision, measured one after the other)."""
+    # Attribute names f0, f1, ... renamed to the fields' own: any field name works.
+    record = msgspec.defstruct(
+        "PlainRecord",
+        [(f"f{i}", _plain_type(f), *((None,) if f.allows_null else ())) for i, f in enumerate(fields)],
+        rename={f"f{i}": f.name for i, f in enumerate(fields)},
+        kw_only=True,
+        forbid_unknown_fields=True,
+        gc=False,
+    )
+    records_type = Annotated[list[record], msgspec.Meta(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
+    batch = msgspec.defstruct("PlainBatchBody", [("records", records_type)], forbid_unknown_fields=True)
+    decoder = msgspec.json.Decoder(batch)
+    names = [f.name for f in fields]
+    dates = [(i, f.date_format) for i, f in enumerate(fields) if f.kind == "date"]
+    astuple = msgspec.structs.astuple
+
+    def decode(body: bytes) -> PlainBatch | None:
+        try:
+            records: list[Any] = decoder.decode(body).records  # type: ignore[attr-defined]
+        except (msgspec.ValidationError, msgspec.DecodeError):
             return None
-        values = {name: [r.get(name) for r in records] for name in names}
-    for f in fields:
-        present: Sequence[Any] = values[f.name]
-        types = set(map(type, present))
-        if type(None) in types:
-            if not f.allows_null:
-                return None
-            types.discard(type(None))
-            present = [v for v in present if v is not None]
-        if f.kind in _NUMBER_TYPES:
-            if not types <= _NUMBER_TYPES[f.kind] or not all(map(math.isfinite, present)):
-                return None
-            # Python compares ints and floats exactly (float64 would round ints above 2**53).
-            if present and f.min is not None and min(present) < f.min:
-                return None
-            if present and f.max is not None and max(present) > f.max:
-                return None
-        elif not types <= {str}:
-            return None
-        elif f.kind == "category" and f.categories:
-            if not set(present) <= set(f.categories):
-                return None
-        elif f.kind == "date":
-            for v in set(present):
-                parsed = parse_date(v, f.date_format)
+        columns = list(zip(*map(astuple, records), strict=True))
+        for i, fmt in dates:
+            for v in set(columns[i]):
+                if v is None:
+                    continue
+                parsed = parse_date(v, fmt)
                 if v != v.strip() or parsed is None or not _DATE_MIN_PY <= parsed <= _DATE_MAX_PY:
                     return None
-        elif not all(TEXT_MIN_LENGTH <= len(v) <= TEXT_MAX_LENGTH for v in present):
-            return None
-    return PlainBatch(records, values)
+        return PlainBatch(len(records), dict(zip(names, columns, strict=True)))
+
+    return decode
