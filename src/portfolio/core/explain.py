@@ -188,9 +188,11 @@ def reference_contributions(
 
 
 def _format_value(value: Any) -> str:
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if value is None:
         return "missing"
-    if isinstance(value, float | np.floating):
+    if isinstance(value, float):  # NaN is the only float unequal to itself (np.isnan: ~5x slower)
+        return "missing" if value != value else f"{float(value):g}"
+    if isinstance(value, np.floating):
         return f"{float(value):g}"
     return str(value)
 
