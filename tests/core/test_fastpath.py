@@ -169,47 +169,6 @@ def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> Non
         np.testing.assert_array_equal(fast(rows), library.astype(np.float64))
 
 
-@pytest.mark.parametrize("onehot", [1, 8])  # partition splits; one-hot splits for < 8 categories
-def test_xgboost_categorical_splits_walk_like_the_library(onehot: int) -> None:
-    """XGBoost's native categorical splits (a category set per node, sent right): the compiled
-    walk must reach the library's leaves for every code seen in training, for missing values
-    (each node's default), for codes beyond every set and for negative codes (both left)."""
-    from xgboost import XGBClassifier, XGBRegressor
-
-    from portfolio.core.fastpath import compile_proba, compile_regressor
-
-    rng = np.random.default_rng(3)
-    n = 3000
-    X = np.column_stack([rng.integers(0, 130, n), rng.integers(0, 5, n), rng.normal(size=n)]).astype(
-        np.float64
-    )  # 130 codes: bit sets of three 64-bit words
-    X[rng.random(n) < 0.08, 0] = np.nan
-    X[rng.random(n) < 0.08, 1] = np.nan
-    pricey = np.isin(X[:, 0], rng.choice(130, 40, replace=False))
-    y = 20_000 + 9_000 * pricey + 2_000 * np.nan_to_num(X[:, 1]) + 3_000 * X[:, 2]
-    y += rng.normal(scale=900, size=n)
-    cat = {"enable_categorical": True, "feature_types": ["c", "c", "q"], "max_cat_to_onehot": onehot}
-    regressor = XGBRegressor(n_estimators=150, max_depth=5, n_jobs=1, **cat).fit(X, y)
-    classifier = XGBClassifier(n_estimators=60, max_depth=4, n_jobs=1, **cat).fit(X, (y > 25_000).astype(int))
-    trees = regressor.get_booster().trees_to_dataframe()
-    assert (trees["Category"].notna()).any()  # the model really has categorical splits
-    probe = X[:1200].copy()
-    probe[:50, 0] = np.arange(130, 180)  # beyond every set
-    probe[50:60, 0] = -np.arange(1, 11)  # negative
-    probe[60:100, 1] = np.nan
-    fast = compile_regressor(regressor)
-    for rows in (probe[:1], probe[:16], probe):  # one row, trees side by side, rows on every core
-        library = regressor.get_booster().inplace_predict(rows, validate_features=False)
-        np.testing.assert_array_equal(fast(rows), library.astype(np.float64))
-    proba = compile_proba(classifier)
-    np.testing.assert_allclose(proba(probe), classifier.predict_proba(probe)[:, 1], rtol=0, atol=1e-6)
-    # Explanations' re-scored copies fall back to a full walk (the path kernels read numbers only).
-    _, walked = proba.walk(probe[:20])
-    assert walked is None
-    copies = proba.variants(walked, probe[20:40], np.arange(20))
-    np.testing.assert_allclose(copies, classifier.predict_proba(probe[20:40])[:, 1], rtol=0, atol=1e-6)
-
-
 def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -> None:
     """Rows placed exactly on, just below and just above every split threshold (and missing),
     for scikit-learn (``x <= t``, float64 t) and XGBoost (``x < t``, float32 t): the compiled

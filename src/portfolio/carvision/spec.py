@@ -15,7 +15,6 @@ from xgboost import XGBRegressor
 
 from portfolio.carvision.cleaning import DATE_FORMAT, clean_training
 from portfolio.carvision.features import (
-    CATEGORICAL,
     DERIVED,
     PRICE_GROUPS,
     CategoryCodes,
@@ -109,8 +108,6 @@ FIELDS: tuple[Field, ...] = (
 
 NUMERIC_OUT = [c for c in DERIVED]  # every derived column is numeric after CategoryCodes
 STATS_OUT = [f"{name}_{s}" for name, _ in PRICE_GROUPS for s in ("logprice", "n")]
-# XGBoost's feature types of the booster's matrix: "c" (categorical) for the category codes.
-MATRIX_TYPES = ["c" if c in CATEGORICAL else "q" for c in [*NUMERIC_OUT, *STATS_OUT]]
 
 
 def _matrix(columns: list[str]) -> ColumnTransformer:
@@ -124,9 +121,7 @@ def xgboost_pipeline(params: Mapping[str, Any]) -> Pipeline:
     keeps every prediction positive, as the log-ratio interval needs) and one on the price
     itself (squared error on the scale we are judged on). Their errors differ enough that the
     average beats either alone in 5-fold CV (see params.yaml). ``raw_weight`` is the second
-    booster's share; the two are fitted in parallel (``n_jobs``), one thread each. The category
-    codes are XGBoost categorical features (``MATRIX_TYPES``): with the most training rows,
-    RMSE -$27 on 10 paired test samples, each one better (params.yaml)."""
+    booster's share; the two are fitted in parallel (``n_jobs``), one thread each."""
     p = {
         "n_estimators": 800,
         "learning_rate": 0.04,
@@ -140,17 +135,7 @@ def xgboost_pipeline(params: Mapping[str, Any]) -> Pipeline:
     n_jobs = int(p.pop("n_jobs", 2))
 
     def booster() -> XGBRegressor:
-        return XGBRegressor(
-            tree_method="hist",
-            random_state=42,
-            n_jobs=1,
-            # The category codes as categories: a split may send any subset of models (or
-            # makes, body types, ...) each way instead of a range of their sorted codes.
-            enable_categorical=True,
-            feature_types=MATRIX_TYPES,
-            max_cat_to_onehot=1,
-            **p,
-        )
+        return XGBRegressor(tree_method="hist", random_state=42, n_jobs=1, **p)
 
     sqrt_model = TransformedTargetRegressor(
         regressor=booster(), func=np.sqrt, inverse_func=np.square, check_inverse=False

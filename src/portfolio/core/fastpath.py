@@ -380,28 +380,6 @@ def _pool() -> ThreadPoolExecutor:
 
 
 @functools.cache
-def _category_step() -> Callable[..., Any]:
-    """One categorical split, as XGBoost decides it: right when the category code is in the
-    node's set, a bit of row ``row`` of ``cat_bits`` (``cat_width`` uint64 words per row; the
-    node's threshold holds the row number). Missing values arrive as +inf when the node sends
-    them right and -inf when left (the doubled columns); a code outside the set's range, or
-    negative, goes left, as in XGBoost."""
-    import numba
-
-    @numba.njit(inline="always")
-    def category_step(cat_bits: np.ndarray, cat_width: int, row: np.float32, v: np.float32) -> Any:
-        if v == np.inf:
-            return np.int32(1)
-        if not (v >= 0 and v < cat_width * 64):
-            return np.int32(0)
-        c = np.int64(v)
-        word = cat_bits[np.int64(row) * cat_width + (c >> 6)]
-        return np.int32((word >> np.uint64(c & 63)) & np.uint64(1))
-
-    return cast(Callable[..., Any], category_step)
-
-
-@functools.cache
 def _tree_kernel() -> Callable[..., None]:
     """The tree walk, compiled to machine code by numba on first use (about a second; servers
     warm their predictor at load so no request pays it). Compiled code is cached on disk when numba
@@ -409,17 +387,12 @@ def _tree_kernel() -> Callable[..., None]:
     cache), so later processes load it in milliseconds."""
     import numba
 
-    category_step = _category_step()
-
     def tree_sums(
         x: np.ndarray,
         roots: np.ndarray,
         words: np.ndarray,
         thresholds: np.ndarray,
         value: np.ndarray,
-        cat_nodes: np.ndarray,
-        cat_bits: np.ndarray,
-        cat_width: int,
         depth: int,
         init: float,
         float32: bool,
@@ -432,10 +405,8 @@ def _tree_kernel() -> Callable[..., None]:
         # ``left + (x >= t)`` and missing values follow each node's default without a test. A
         # leaf's threshold is NaN (every compare false) and its left child itself, so extra
         # steps stay on it. The step is written out in both loops below: an inlined helper
-        # measured a few % slower. A categorical split (``cat_nodes[nd]``, only in models that
-        # have them) looks its value up in the node's category set instead (``_category_step``).
+        # measured a few % slower.
         n_rows, n_features, n_trees = x.shape[0], x.shape[1], roots.shape[0]
-        has_cat = cat_width > 0
         node = np.empty(_WALKS_IN_FLIGHT, dtype=np.int32)
         acc64 = np.empty(_WALKS_IN_FLIGHT, dtype=np.float64)
         acc32 = np.empty(_WALKS_IN_FLIGHT, dtype=np.float32)
@@ -457,11 +428,9 @@ def _tree_kernel() -> Callable[..., None]:
                         for j in range(nt):
                             nd = node[j]
                             word = words[nd]
-                            v = xb[word & _COLUMN_MASK]
-                            go = np.int32(v >= thresholds[nd])
-                            if has_cat and cat_nodes[nd]:
-                                go = category_step(cat_bits, cat_width, thresholds[nd], v)
-                            node[j] = np.int32(word >> _CHILD_SHIFT) + go
+                            node[j] = np.int32(word >> _CHILD_SHIFT) + np.int32(
+                                xb[word & _COLUMN_MASK] >= thresholds[nd]
+                            )
                     for j in range(nt):  # in tree order, as the libraries add them
                         if float32:
                             sum32 += value[node[j]]
@@ -486,11 +455,9 @@ def _tree_kernel() -> Callable[..., None]:
                     for i in range(nr):
                         nd = node[i]
                         word = words[nd]
-                        v = xb[(word & _COLUMN_MASK) * _WALKS_IN_FLIGHT + i]
-                        go = np.int32(v >= thresholds[nd])
-                        if has_cat and cat_nodes[nd]:
-                            go = category_step(cat_bits, cat_width, thresholds[nd], v)
-                        node[i] = np.int32(word >> _CHILD_SHIFT) + go
+                        node[i] = np.int32(word >> _CHILD_SHIFT) + np.int32(
+                            xb[(word & _COLUMN_MASK) * _WALKS_IN_FLIGHT + i] >= thresholds[nd]
+                        )
                 for i in range(nr):
                     if float32:
                         acc32[i] += value[node[i]]
@@ -657,7 +624,6 @@ class _TreeArrays:
         depth: int,
         strict: bool,
         value_float32: bool = False,
-        categories: Sequence[Mapping[int, np.ndarray]] | None = None,
     ):
         offsets = np.cumsum([0] + [len(f) for f in feature[:-1]])
         lc = np.concatenate([np.where(c < 0, -1, c + off) for c, off in zip(left, offsets, strict=True)])
@@ -695,35 +661,6 @@ class _TreeArrays:
         # Per node, the bit of the column a split reads (leaves read none); see _path_kernels.
         self.bits = np.where(is_split, np.left_shift(np.uint64(1), (features % 64).astype(np.uint64)), 0)
         self.bits = self.bits.astype(np.uint64)
-        self._categorical_splits(categories or [], offsets, new)
-
-    def _categorical_splits(
-        self, categories: Sequence[Mapping[int, np.ndarray]], offsets: np.ndarray, new: np.ndarray
-    ) -> None:
-        """Categorical splits (``categories``: per tree, node id → the category codes sent right):
-        each such node is flagged in ``cat_nodes`` and its threshold becomes the number of its row
-        in ``cat_bits``, a bit set of ``cat_width`` uint64 words per node."""
-        nodes = [off + k for off, sets in zip(offsets, categories, strict=False) for k in sets]
-        sets = [np.asarray(c, dtype=np.int64) for t in categories for c in t.values()]
-        self.cat_nodes = np.zeros(len(self.words), dtype=np.uint8)
-        self.cat_width = 0
-        self.cat_bits = np.zeros(1, dtype=np.uint64)
-        if not nodes:
-            return
-        if len(nodes) >= 1 << 24 or any(len(c) and c.min() < 0 for c in sets):
-            raise NotCompilable("categorical splits beyond the walk's range")
-        self.cat_width = max((int(c.max()) for c in sets if len(c)), default=0) // 64 + 1
-        bits = np.zeros((len(sets), self.cat_width), dtype=np.uint64)
-        for row, c in enumerate(sets):
-            np.bitwise_or.at(bits[row], c >> 6, np.left_shift(np.uint64(1), (c & 63).astype(np.uint64)))
-        at = new[np.asarray(nodes, dtype=np.int64)]
-        self.cat_nodes[at] = 1
-        self.thresholds[at] = np.arange(len(sets), dtype=np.float32)
-        self.cat_bits = bits.ravel()
-
-    @property
-    def categorical(self) -> bool:
-        return self.cat_width > 0
 
     def sums(self, m: Matrix, init: float = 0.0, float32: bool = False) -> np.ndarray:
         """Per row, ``init`` plus the leaf value reached in every tree, added in tree order in
@@ -731,11 +668,7 @@ class _TreeArrays:
         x = np.ascontiguousarray(m, dtype=np.float32)
         out = np.empty(x.shape[0], dtype=np.float64)
         kernel = _tree_kernel()
-        args = (
-            *(self.roots, self.words, self.thresholds, self.value),
-            *(self.cat_nodes, self.cat_bits, self.cat_width),
-            *(self.depth, float(init), bool(float32)),
-        )
+        args = (self.roots, self.words, self.thresholds, self.value, self.depth, float(init), bool(float32))
         threads = min(_CORES, x.shape[0] // _ROWS_PER_THREAD)
         if threads <= 1:
             kernel(x, *args, out)
@@ -745,10 +678,7 @@ class _TreeArrays:
         return out
 
     def walk_paths(self, m: Matrix, init: float = 0.0) -> TreePaths:
-        """``sums(m, init)`` (float64, the same arithmetic), keeping each walk for ``variant_sums``
-        (trees without categorical splits: the path kernels read numeric splits only)."""
-        if self.categorical:
-            raise NotCompilable("kept walks of trees with categorical splits")
+        """``sums(m, init)`` (float64, the same arithmetic), keeping each walk for ``variant_sums``."""
         x = np.ascontiguousarray(m, dtype=np.float32)
         n = x.shape[0]
         sums = np.empty(n, dtype=np.float64)
@@ -873,7 +803,7 @@ def _compile_forest_regressor(est: Any) -> Scorer:
 
 def _xgb_trees(booster: Any) -> tuple[_TreeArrays, str]:
     """The booster's trees (from its JSON model) and its objective; NotCompilable for anything
-    but single-output trees with numeric and categorical splits."""
+    but plain numeric trees with one output."""
     import json
 
     learner = json.loads(booster.save_raw("json"))["learner"]
@@ -885,17 +815,8 @@ def _xgb_trees(booster: Any) -> tuple[_TreeArrays, str]:
     if params.get("num_target", "1") != "1":
         raise NotCompilable("multi-target XGBoost")
     trees = gb["model"]["trees"]
-
-    def categories(t: dict[str, Any]) -> dict[int, np.ndarray]:
-        """Node → the category codes its split sends right (XGBoost's partition or one-hot
-        splits on a categorical feature, ``split_type`` 1)."""
-        cats = t.get("categories", [])
-        nodes, starts = t.get("categories_nodes", []), t.get("categories_segments", [])
-        sets = zip(nodes, starts, t.get("categories_sizes", []), strict=True)
-        found = {int(n): np.asarray(cats[a : a + size], dtype=np.int64) for n, a, size in sets}
-        if sorted(found) != [i for i, st in enumerate(t["split_type"]) if st != 0]:
-            raise NotCompilable("XGBoost split types other than numeric and categorical")
-        return found
+    if any(any(st != 0 for st in t["split_type"]) for t in trees):
+        raise NotCompilable("XGBoost categorical splits")
 
     def depth(t: dict[str, Any]) -> int:
         left, right = t["left_children"], t["right_children"]
@@ -920,7 +841,6 @@ def _xgb_trees(booster: Any) -> tuple[_TreeArrays, str]:
         depth=max(depth(t) for t in trees),
         strict=True,
         value_float32=True,
-        categories=[categories(t) for t in trees],
     )
     return arrays, objective
 
@@ -987,9 +907,7 @@ def _xgb_fn(model: Any) -> Scorer:
 
     def walk(m: Matrix) -> tuple[np.ndarray, TreePaths | None]:
         base, base32 = bases()
-        if base32 is not None or trees.categorical:
-            # float32 sums (regressors, which explain otherwise) or categorical splits (which the
-            # path kernels do not read): no shortcut, copies are scored in full
+        if base32 is not None:  # float32 sums: no shortcut (regressors, which explain otherwise)
             return score(m), None
         paths = trees.walk_paths(m, base)
         return link(paths.sums), paths
