@@ -515,7 +515,7 @@ def serve(
     _spec(service)
     os.environ["PORTFOLIO_SERVICE"] = service
     config: dict[str, Any] = {
-        "app": "portfolio.core.api:app_from_env",
+        "app": "portfolio.app:app_from_env",
         "factory": True,
         "host": host or settings.host,
         "port": port or settings.port,
@@ -558,7 +558,7 @@ def up(
     services: Annotated[str, typer.Option(help="Comma-separated services to run.")] = ",".join(SERVICES),
 ) -> None:
     """Train any service without a champion, start a real MLflow server and the APIs; Ctrl-C stops all."""
-    from portfolio.core.stack import run_stack
+    from portfolio.stack import run_stack
 
     settings = _settings()
     names = [s.strip() for s in services.split(",") if s.strip()]

@@ -4,7 +4,6 @@
 import hmac
 import logging
 import math
-import os
 import threading
 import time
 import uuid
@@ -627,15 +626,3 @@ async def _send_json(send: Any, status: int, body: dict[str, Any], rid: str) -> 
         }
     )
     await send({"type": "http.response.body", "body": data})
-
-
-def app_from_env() -> Any:
-    """Uvicorn factory for multi-worker serving: the service comes from ``PORTFOLIO_SERVICE``."""
-    from portfolio.core.logs import setup_logging
-    from portfolio.core.processes import keep_freed_memory
-    from portfolio.services import get_spec
-
-    settings = get_settings()
-    setup_logging(settings.log_level)
-    keep_freed_memory()
-    return create_app(get_spec(os.environ.get("PORTFOLIO_SERVICE", "bankchurn")), settings)

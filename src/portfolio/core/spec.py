@@ -37,6 +37,23 @@ class CleaningReport:
 
 
 @dataclass(frozen=True)
+class Companion:
+    """A process a service runs beside its API in ``portfolio up`` (CarVision: its dashboard).
+
+    ``name`` names its log file and ``argv(host, port)`` is its command line; it listens on the
+    settings' ``port_setting``, is ready when ``health_path`` answers, and finds the service's API
+    in the env var ``api_url_env``.
+    """
+
+    name: str
+    title: str
+    argv: Callable[[str, int], list[str]]
+    port_setting: str
+    health_path: str
+    api_url_env: str
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     name: str
     title: str
@@ -74,6 +91,8 @@ class ServiceSpec:
     # same model call as the rows it needs (telecom: the reference substitutions behind
     # top_factors) and returns them as ``probability``. Saves one model call per request.
     extra_outputs_score: bool = False
+    # Processes started beside the API by `portfolio up` (e.g. a dashboard).
+    companions: tuple[Companion, ...] = ()
 
     @property
     def feature_names(self) -> list[str]:
