@@ -315,7 +315,7 @@ def test_substitutions_equal_scoring_every_substituted_row(model: str, declared:
     missing substitute, an unseen category, a derived column."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from portfolio.core.explain import substitution_scores
+    from portfolio.core.explain.substitution import substitution_scores
 
     train = _typed(400, 11)
     y = synthetic.make_frame(400, 11)["label"]

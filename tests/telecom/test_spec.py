@@ -9,7 +9,7 @@ from imblearn.pipeline import Pipeline
 from sklearn.ensemble import VotingClassifier
 from sklearn.model_selection import FixedThresholdClassifier
 
-from portfolio.core.explain import (
+from portfolio.core.explain.substitution import (
     ReferenceProfile,
     find_step,
     logit,

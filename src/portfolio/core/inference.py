@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio.core.explain import substitution_scores
+from portfolio.core.explain.substitution import substitution_scores
 from portfolio.core.fastpath import (
     SMALL_BATCH_ROWS,
     Columns,

@@ -501,7 +501,7 @@ def log_training_insights(
     ``model`` is the served model and ``X_train`` the rows it was fitted on (``source`` names them)."""
     import mlflow
 
-    from portfolio.core.explain import TREE_SHAP, explain_frame, global_importance
+    from portfolio.core.explain.shapley import TREE_SHAP, explain_frame, global_importance
 
     if spec.task == "classification":
         scores = np.asarray(model.predict_proba(X_train)[:, 1], dtype=float)
@@ -812,9 +812,9 @@ class LiveMonitor:
         return self._background[1]
 
     def explain(self, predictor: Any, settings: Settings, record: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /explain``: the prediction plus additive per-field contributions (explain.py).
+        """``POST /explain``: the prediction plus additive per-field contributions (explain/shapley.py).
         Raises ReferenceUnavailable when the model needs background rows and none are loaded."""
-        from portfolio.core.explain import explain_frame, explanation_body
+        from portfolio.core.explain.shapley import explain_frame, explanation_body
 
         if self.needs_reference(predictor.version):
             self.sync(self.spec, settings, predictor.version, predictor.loaded.run_id)

@@ -36,7 +36,7 @@ from sklearn.ensemble import RandomForestClassifier, VotingClassifier
 from sklearn.linear_model import LogisticRegression
 from xgboost import XGBClassifier
 
-from portfolio.core.explain import (
+from portfolio.core.explain.substitution import (
     EXPLAIN_TRUSTED_TYPES,
     ReferenceProfile,
     contributions_from_scores,
