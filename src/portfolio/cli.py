@@ -402,7 +402,8 @@ def drift(
     (categorical), a threshold and `drifted`; overall `drift_detected`. Writes JSON and HTML."""
     from portfolio.core import registry
     from portfolio.core.inference import Predictor
-    from portfolio.core.monitoring import DriftInputError, ReferenceUnavailable, drift_from_files, write_html
+    from portfolio.core.monitoring.reference import ReferenceUnavailable
+    from portfolio.core.monitoring.report import DriftInputError, drift_from_files, write_html
 
     settings = _settings()
     spec = _spec(service)

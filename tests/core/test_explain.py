@@ -26,7 +26,7 @@ from portfolio.core.explain.shapley import SAMPLING_SHAPLEY, TREE_SHAP, column_s
 from portfolio.core.explain.substitution import ReferenceProfile, find_step, top_factors_columns
 from portfolio.core.features import tabular_preprocessor
 from portfolio.core.inference import Predictor
-from portfolio.core.monitoring import DriftReference, typed_frame
+from portfolio.core.monitoring.reference import DriftReference, typed_frame
 from portfolio.core.registry import LoadedModel
 from portfolio.core.settings import Settings
 from portfolio.core.training import load_params

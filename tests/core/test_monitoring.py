@@ -22,15 +22,15 @@ from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.cli import app as cli_app
 from portfolio.core import registry
 from portfolio.core.data import load_training_data
-from portfolio.core.monitoring import (
+from portfolio.core.monitoring.drift import drift_report
+from portfolio.core.monitoring.live import LiveMonitor
+from portfolio.core.monitoring.reference import (
     REFERENCE_ARTIFACT,
     DriftReference,
-    LiveMonitor,
-    drift_report,
     load_reference,
     reference_cache_path,
-    write_html,
 )
+from portfolio.core.monitoring.report import write_html
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.services import SERVICES

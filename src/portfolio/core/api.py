@@ -33,7 +33,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from portfolio.core import registry
 from portfolio.core.inference import Predictor, as_records
 from portfolio.core.logs import request_id
-from portfolio.core.monitoring import DriftCollector, LiveMonitor, ReferenceUnavailable
+from portfolio.core.monitoring.live import DriftCollector, LiveMonitor
+from portfolio.core.monitoring.reference import ReferenceUnavailable
 from portfolio.core.processes import freeze_heap
 from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
 from portfolio.core.settings import Settings, get_settings

@@ -36,9 +36,9 @@ from portfolio.core import evaluation as ev
 from portfolio.core import registry
 from portfolio.core.data import Dataset, load_training_data
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
+from portfolio.core.explain.insights import log_training_insights
 from portfolio.core.fairness import log_fairness
 from portfolio.core.model_card import write_model_card
-from portfolio.core.monitoring import log_training_insights
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
@@ -337,7 +337,7 @@ def train_service(
                     {"actual": y_te.tolist(), **{k: v.tolist() for k, v in scores.items()}},
                     HOLDOUT_PREDICTIONS_ARTIFACT,
                 )
-            # Drift reference + explanation importance (monitoring.py). Both describe the served
+            # Drift reference + explanation importance (core/monitoring, core/explain/insights.py). Both describe the served
             # model: its reference is the rows it was fitted on, profiled with ITS scores (what
             # live score drift is compared against), and its explanations are of ITS function.
             log_training_insights(
