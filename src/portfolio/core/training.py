@@ -337,7 +337,7 @@ def train_service(
                     {"actual": y_te.tolist(), **{k: v.tolist() for k, v in scores.items()}},
                     HOLDOUT_PREDICTIONS_ARTIFACT,
                 )
-            # Drift reference + explanation importance (core/monitoring, core/explain/insights.py). Both describe the served
+            # Drift reference + explanation importance (explain/insights.py). Both describe the served
             # model: its reference is the rows it was fitted on, profiled with ITS scores (what
             # live score drift is compared against), and its explanations are of ITS function.
             log_training_insights(
