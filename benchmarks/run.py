@@ -264,7 +264,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "",
         "## How the fast path works (and why not ONNX or treelite)",
         "",
-        "At load time each champion pipeline is compiled (`src/portfolio/core/fastpath.py`) into numpy",
+        "At load time each champion pipeline is compiled (`src/portfolio/core/fastpath/`) into numpy",
         "code: the fitted imputers, scalers and one-hot encoders become array operations, service",
         "feature steps run through their columnar `transform_columns`, and the trees are walked by",
         "a numba-compiled, branch-free kernel: nodes laid out level by level, siblings side by side,",

@@ -1,7 +1,7 @@
 """Turning validated inputs into a service's outputs, identically for the API, batch prediction,
 evaluation and the dashboard.
 
-At load time the champion is compiled into the fast path (``core/fastpath.py``); when a model
+At load time the champion is compiled into the fast path (``core/fastpath/``); when a model
 cannot be compiled, the same outputs come from the scikit-learn pipeline on a DataFrame and
 ``inference`` says why (shown in ``/model`` and logged)."""
 
@@ -16,16 +16,14 @@ import numpy as np
 import pandas as pd
 
 from portfolio.core.explain.substitution import substitution_scores
-from portfolio.core.fastpath import (
+from portfolio.core.fastpath.columns import (
     SMALL_BATCH_ROWS,
     Columns,
-    CompiledPipeline,
     NotCompilable,
-    compile_pipeline,
     frame_to_columns,
     to_columns,
-    unwrap,
 )
+from portfolio.core.fastpath.pipeline import CompiledPipeline, compile_pipeline, unwrap
 from portfolio.core.registry import LoadedModel
 from portfolio.core.spec import ServiceSpec
 
@@ -84,7 +82,7 @@ class Predictor:
         return np.asarray(self.model.predict(X), dtype=float)
 
     def scores_columns(self, cols: Columns) -> np.ndarray:
-        """P(positive) or the point prediction for typed field columns (``fastpath.to_columns``)."""
+        """P(positive) or the point prediction for typed field columns (``fastpath.columns.to_columns``)."""
         if self._fast is not None:
             return self._fast(cols)
         # Typed columns hold what schema.coerce produces (float64/NaN, datetime64, object/None).
@@ -149,7 +147,7 @@ class Predictor:
         values: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """API path: records already validated by the request model (``values``: each field's
-        values already taken out of them, see ``fastpath.to_columns``); no DataFrame on the
+        values already taken out of them, see ``fastpath.columns.to_columns``); no DataFrame on the
         compiled path."""
         return as_records(self.predict_columns(records, explain, values))
 

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from portfolio.core.fastpath import SMALL_BATCH_ROWS, filled_like
+from portfolio.core.fastpath.columns import SMALL_BATCH_ROWS, filled_like
 
 # Types of this module that skops may load (a spec using them lists these in ``trusted_types``).
 EXPLAIN_TRUSTED_TYPES: tuple[str, ...] = (
@@ -38,7 +38,7 @@ class ReferenceProfile(TransformerMixin, BaseEstimator):
     the median for numeric columns, the most frequent value for the others (missing values are
     ignored). Put it first in a pipeline so the reference describes the raw training rows."""
 
-    # It changes nothing at prediction time: the compiled fast path (core/fastpath.py) skips it.
+    # It changes nothing at prediction time: the compiled fast path (core/fastpath/) skips it.
     is_identity_transform = True
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> ReferenceProfile:
@@ -94,7 +94,7 @@ def substitution_scores(
     substitute, by scoring every substituted row: ONE model call per block, the block's own
     rows stacked with their single-column substitutions (a one-record request pays one call's
     fixed cost, not two). Any ``score``; the compiled fast path has a faster equivalent
-    (``fastpath.CompiledPipeline.substitutions``)."""
+    (``fastpath.pipeline.CompiledPipeline.substitutions``)."""
     names = list(substitutes)
     n = len(next(iter(cols.values())))
     proba = np.zeros(n)
