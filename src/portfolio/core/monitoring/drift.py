@@ -36,10 +36,8 @@ import pandas as pd
 from scipy import stats
 
 from portfolio.core.monitoring.reference import (
-    NUMERIC_BINS,
     DriftReference,
-    _bin_counts,
-    _numeric_profile,
+    bin_counts,
     category_values,
     numeric_values,
 )
@@ -97,16 +95,6 @@ def _chi2_pvalue(ref_counts: np.ndarray, cur_counts: np.ndarray) -> float:
     return float(stats.chi2.sf(stat, table.shape[1] - 1))
 
 
-def _score_profile(s: np.ndarray) -> dict[str, Any]:
-    """Classifier probabilities: deciles of the training scores as bins (never 'discrete')."""
-    prof = _numeric_profile(s)
-    if prof["discrete"]:  # a score with few distinct values: still bin by deciles
-        edges = np.unique(np.quantile(s, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
-        counts = np.bincount(np.searchsorted(edges, s, side="right"), minlength=len(edges) + 1)
-        prof |= {"discrete": False, "values": None, "edges": edges.tolist(), "counts": counts.tolist()}
-    return prof
-
-
 # ---------------------------------------------------------------------------------------- compare
 def compare_feature(
     name: str,
@@ -120,7 +108,7 @@ def compare_feature(
     """Drift of one field: PSI, the type's test, and the verdict."""
     if profile["kind"] == "numeric":
         values = numeric_values(current, f) if not isinstance(current, np.ndarray) else current
-        labels, ref_counts, cur_counts = _bin_counts(profile, values)
+        labels, ref_counts, cur_counts = bin_counts(profile, values)
         ref_values = (
             numeric_values(pd.Series(list(reference_sample), dtype=object), f)
             if reference_sample is not None
@@ -150,7 +138,7 @@ def compare_feature(
         }
     else:
         cats = category_values(current)
-        labels, ref_counts, cur_counts = _bin_counts(profile, cats)
+        labels, ref_counts, cur_counts = bin_counts(profile, cats)
         pvalue = _chi2_pvalue(ref_counts, cur_counts)
         method = "psi+chi2"
         extra = {"chi2_pvalue": pvalue}
@@ -178,7 +166,7 @@ def compare_feature(
 def compare_predictions(pred_profile: Mapping[str, Any], scores: np.ndarray, task: str) -> dict[str, Any]:
     """Prediction drift (reported, not part of ``drift_detected``: it follows from input drift)."""
     s = np.asarray(scores, dtype=float)
-    labels, ref_counts, cur_counts = _bin_counts(pred_profile, s)
+    labels, ref_counts, cur_counts = bin_counts(pred_profile, s)
     out: dict[str, Any] = {
         "psi": psi(ref_counts, cur_counts),
         "reference_mean": pred_profile.get("mean"),

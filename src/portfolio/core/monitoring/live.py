@@ -19,8 +19,8 @@ from portfolio.core.monitoring.drift import Thresholds, compare_feature, psi
 from portfolio.core.monitoring.reference import (
     DriftReference,
     ReferenceUnavailable,
-    _bin_counts,
     _is_numeric,
+    bin_counts,
     load_reference,
     numeric_values,
     typed_frame,
@@ -157,7 +157,7 @@ class LiveMonitor:
             if self.spec.task == "classification" and threshold is not None:
                 result["prediction"]["positive_rate"] = float(np.mean(scores >= threshold))
             if pred:
-                result["prediction"]["psi"] = psi(*_bin_counts(pred, scores)[1:])
+                result["prediction"]["psi"] = psi(*bin_counts(pred, scores)[1:])
             enough = rows >= self.thresholds.min_rows
             feats = ref.features
             sample = ref.data.get("sample") or {}

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio.core.monitoring.drift import _score_profile
 from portfolio.core.schema import Field
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
@@ -157,7 +156,7 @@ def _categorical_profile(x: np.ndarray, declared: Sequence[str] | None) -> dict[
     }
 
 
-def _bin_counts(profile: Mapping[str, Any], values: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+def bin_counts(profile: Mapping[str, Any], values: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(labels, reference counts, current counts) on the reference's bins, missing bin last."""
     ref = np.asarray([*profile["counts"]], dtype=float)
     if profile["kind"] == "numeric":
@@ -311,3 +310,13 @@ def load_reference(spec: ServiceSpec, settings: Settings, run_id: str | None, ve
     tmp_file.write_text(json.dumps(data))
     tmp_file.replace(cached)
     return ref
+
+
+def _score_profile(s: np.ndarray) -> dict[str, Any]:
+    """Classifier probabilities: deciles of the training scores as bins (never 'discrete')."""
+    prof = _numeric_profile(s)
+    if prof["discrete"]:  # a score with few distinct values: still bin by deciles
+        edges = np.unique(np.quantile(s, np.linspace(0, 1, NUMERIC_BINS + 1)[1:-1]))
+        counts = np.bincount(np.searchsorted(edges, s, side="right"), minlength=len(edges) + 1)
+        prof |= {"discrete": False, "values": None, "edges": edges.tolist(), "counts": counts.tolist()}
+    return prof
