@@ -29,9 +29,9 @@ import pandas as pd
 from loadgen import ensure_champions, sample_records, serve_api
 
 from portfolio.core import registry
-from portfolio.core.inference import Predictor
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
 from portfolio.core.schema import request_model
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings, get_settings
 from portfolio.services import SERVICES
 
@@ -334,7 +334,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "  request on one core (BankChurn: 1/throughput minus in-process p50), so >= 1,000 req/s",
         "  needs an in-process time near 0.5 ms.",
         "- Workers (`--workers N`, `PORTFOLIO_WORKERS`): each worker listens on its own socket",
-        "  (SO_REUSEPORT, `core/workers.py`), so the kernel spreads new connections over the",
+        "  (SO_REUSEPORT, `core/serving/workers.py`), so the kernel spreads new connections over the",
         "  workers. uvicorn's own workers share one socket, and the first to wake accepts every",
         "  waiting connection: on 2026-12-04 its two CarVision workers answered wrk's 8 keep-alive",
         "  connections at 1,935 req/s against 1,966 with one (one worker at 100% CPU, the other",

@@ -52,7 +52,7 @@ def data_dir() -> Path:
 def bank_state(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Settings:
     """A state dir with one trained BankChurn champion (trained once per test session)."""
     from portfolio.bankchurn.spec import SPEC
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     state = tmp_path_factory.mktemp("bank-state")
     settings = make_settings(state)

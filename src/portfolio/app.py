@@ -7,9 +7,9 @@ import os
 
 from fastapi import FastAPI
 
-from portfolio.core.api import create_app
 from portfolio.core.logs import setup_logging
 from portfolio.core.processes import keep_freed_memory
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import get_settings
 from portfolio.services import get_spec
 

@@ -72,7 +72,7 @@ def train(
     ] = None,
 ) -> None:
     """Cross-validate, fit, evaluate, log to MLflow, register and gate (`all` trains every service)."""
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     settings = _settings()
     names = list(SERVICES) if service == "all" else [service]
@@ -123,7 +123,7 @@ def train(
 
 def _predictor(service: str, version: str | None) -> Any:
     from portfolio.core import registry
-    from portfolio.core.inference import Predictor
+    from portfolio.core.serving.inference import Predictor
 
     settings = _settings()
     spec = _spec(service)
@@ -156,7 +156,7 @@ def predict(
     ] = True,
 ) -> None:
     """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
-    from portfolio.core.batch import InputFileError, predict_csv
+    from portfolio.core.serving.batch import InputFileError, predict_csv
 
     if not input.exists():
         console.print(f"[red]input file not found: {input}[/red]")
@@ -209,7 +209,7 @@ def evaluate(
 ) -> None:
     """Metrics (with 95% bootstrap intervals) of the champion on labeled data, printed as JSON."""
     from portfolio.core.data import DataUnavailableError, load_training_data
-    from portfolio.core.training import evaluate_model, split
+    from portfolio.core.training.train import evaluate_model, split
 
     predictor = _predictor(service, version)
     settings = get_settings()
@@ -245,7 +245,7 @@ def evaluate(
         # A refit version has seen the hold-out: `metrics` (what `dvc metrics show` and
         # `dvc metrics diff` read) are the hold-out figures its training run logged for the
         # same setup fitted on the training split; the re-scored ones are kept apart.
-        from portfolio.core.evaluation import unflatten
+        from portfolio.core.training.evaluation import unflatten
 
         # The loaded model carries its training run's metrics (also offline, from the cache).
         logged = unflatten("test", predictor.loaded.metrics)
@@ -293,8 +293,8 @@ def learning_curve_cmd(
 ) -> None:
     """Held-out metrics against the number of training rows: would more data help? (Fits the
     candidate once per fraction and repeat; params from params.yaml.)"""
-    from portfolio.core.learning_curve import learning_curve
-    from portfolio.core.training import load_params
+    from portfolio.core.training.learning_curve import learning_curve
+    from portfolio.core.training.train import load_params
 
     settings = _settings()
     spec = _spec(service)
@@ -401,9 +401,9 @@ def drift(
     """Data drift of a batch vs the training data: per feature PSI + KS (numeric) or PSI + chi-square
     (categorical), a threshold and `drifted`; overall `drift_detected`. Writes JSON and HTML."""
     from portfolio.core import registry
-    from portfolio.core.inference import Predictor
     from portfolio.core.monitoring.reference import ReferenceUnavailable
     from portfolio.core.monitoring.report import DriftInputError, drift_from_files, write_html
+    from portfolio.core.serving.inference import Predictor
 
     settings = _settings()
     spec = _spec(service)
@@ -510,7 +510,7 @@ def serve(
     """Start the service's API (uvicorn)."""
     import uvicorn
 
-    from portfolio.core.workers import reuse_port_supported, serve_workers
+    from portfolio.core.serving.workers import reuse_port_supported, serve_workers
 
     settings = _settings()
     _spec(service)
@@ -527,7 +527,7 @@ def serve(
     n = workers or settings.workers
     if n > 1 and reuse_port_supported():
         # A listening socket per worker, so keep-alive clients spread over the workers
-        # (core/workers.py says why uvicorn's shared socket does not).
+        # (core/serving/workers.py says why uvicorn's shared socket does not).
         sys.exit(serve_workers(config, n))
     # uvicorn answers SIGTERM/SIGINT with a graceful shutdown (in-flight requests complete), then
     # re-raises the signal to the handler it found: make that a clean exit (0), not death by signal.

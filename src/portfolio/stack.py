@@ -69,7 +69,7 @@ def run_stack(settings: Settings, services: list[str], console: Console) -> int:
         for name in services:
             spec = get_spec(name)
             if registry.champion_version(spec.name) is None:
-                from portfolio.core.training import train_service
+                from portfolio.core.training.train import train_service
 
                 console.print(f"{name}: no champion yet → training (a few minutes)…")
                 outcome = train_service(spec, remote)

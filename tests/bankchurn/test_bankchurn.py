@@ -14,9 +14,9 @@ from fastapi.testclient import TestClient
 
 from portfolio.bankchurn.spec import SPEC
 from portfolio.core import registry
-from portfolio.core.api import create_app
 from portfolio.core.data import load_training_data, read_raw_csv
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
 from tests.helpers import ROOT, wait_ready

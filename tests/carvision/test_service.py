@@ -97,8 +97,8 @@ def test_cli_predict_contract(carvision_trained: TrainedService, tmp_path) -> No
     price, low, high = (good[c].astype(float) for c in ("price", "price_low", "price_high"))
     assert ((low < price) & (price < high)).all() and (price > 0).all()
     # Same order: the scored rows line up with the model's own predictions for those rows.
-    from portfolio.core.inference import Predictor
     from portfolio.core.schema import validate_frame
+    from portfolio.core.serving.inference import Predictor
 
     pred = Predictor(SPEC, registry.load_champion(SPEC, carvision_trained.settings))
     typed = validate_frame(raw, SPEC.fields)

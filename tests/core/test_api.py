@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from portfolio.core.api import create_app
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
 from tests.core import synthetic

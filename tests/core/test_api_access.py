@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
-from portfolio.core.api import create_app
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.core import synthetic
 from tests.helpers import wait_ready

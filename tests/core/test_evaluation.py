@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from portfolio.core import evaluation as ev
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.spec import ThresholdPolicy
+from portfolio.core.training import evaluation as ev
 
 
 def _scores(n: int = 2000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -19,17 +19,17 @@ from xgboost import XGBRegressor
 
 from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.core import registry
-from portfolio.core.api import create_app
 from portfolio.core.data import load_training_data
 from portfolio.core.estimators import IntervalRegressor
 from portfolio.core.explain.shapley import SAMPLING_SHAPLEY, TREE_SHAP, column_sources, explain_frame
 from portfolio.core.explain.substitution import ReferenceProfile, find_step, top_factors_columns
 from portfolio.core.features import tabular_preprocessor
-from portfolio.core.inference import Predictor
 from portfolio.core.monitoring.reference import DriftReference, typed_frame
 from portfolio.core.registry import LoadedModel
+from portfolio.core.serving.api import create_app
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
-from portfolio.core.training import load_params
+from portfolio.core.training.train import load_params
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
 from tests.core import synthetic

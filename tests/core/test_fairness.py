@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.core import registry
 from portfolio.core.data import load_training_data
-from portfolio.core.fairness import fairness_markdown, fairness_metrics, fairness_report
 from portfolio.core.settings import Settings
-from portfolio.core.training import split
+from portfolio.core.training.fairness import fairness_markdown, fairness_metrics, fairness_report
+from portfolio.core.training.train import split
 
 
 def test_rates_and_ratios_by_hand() -> None:

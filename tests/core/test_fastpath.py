@@ -23,9 +23,9 @@ from portfolio.core.fastpath.columns import (
 from portfolio.core.fastpath.encoders import compile_column_transformer
 from portfolio.core.fastpath.pipeline import compile_pipeline
 from portfolio.core.features import tabular_preprocessor
-from portfolio.core.inference import Predictor
 from portfolio.core.registry import LoadedModel
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
 from tests.core import synthetic
 from tests.core.parity import assert_fast_path_parity

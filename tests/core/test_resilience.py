@@ -10,8 +10,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from portfolio.core import registry
-from portfolio.core.api import create_app
 from portfolio.core.processes import free_port
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.core import synthetic
 from tests.helpers import wait_ready

@@ -149,7 +149,7 @@ def tracking(postgres: Postgres) -> Iterator[Tracking]:
 def trained(tracking: Tracking, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Every deployed service that is registered, trained through the PostgreSQL-backed server
     (2 CV folds, 50 bootstrap rounds: these tests check deployment, not model quality)."""
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     state = tmp_path_factory.mktemp("deploy-train")
     settings: Settings = make_settings(

@@ -179,7 +179,9 @@ def test_clean_environment_has_the_runtime_only(installed: Install) -> None:
     bin_dir = installed.venv / "bin"
     for dev_tool in ("pytest", "ruff", "mypy", "hadolint", "kubectl"):
         assert not (bin_dir / dev_tool).exists(), f"{dev_tool} leaked into the runtime image"
-    probe = run([str(bin_dir / "python"), "-c", "import portfolio.core.api, psycopg2, boto3, streamlit"])
+    probe = run(
+        [str(bin_dir / "python"), "-c", "import portfolio.core.serving.api, psycopg2, boto3, streamlit"]
+    )
     assert probe.returncode == 0, probe.stderr
 
 

@@ -15,7 +15,7 @@ from portfolio.bankchurn.spec import SPEC
 from portfolio.core import registry
 from portfolio.core.processes import free_port, mlflow_server_argv, start, stop, wait_http
 from portfolio.core.settings import Settings
-from portfolio.core.training import train_service
+from portfolio.core.training.train import train_service
 from tests.bankchurn.test_bankchurn import RECORD
 from tests.conftest import make_settings
 from tests.helpers import ROOT

@@ -15,8 +15,8 @@ import pytest
 from sklearn.ensemble import VotingClassifier
 
 from portfolio.core import registry
-from portfolio.core.inference import Predictor
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.inference import Predictor
 from portfolio.telecom.spec import MIN_RECALL, SPEC
 from tests.core.parity import assert_fast_path_parity
 from tests.helpers import ROOT

@@ -17,9 +17,9 @@ from portfolio.core.explain.substitution import (
     top_factors,
 )
 from portfolio.core.fastpath.columns import frame_to_columns
-from portfolio.core.inference import Predictor
 from portfolio.core.registry import LoadedModel
 from portfolio.core.schema import request_model, validate_frame
+from portfolio.core.serving.inference import Predictor
 from portfolio.telecom.spec import (
     SPEC,
     TelcoFeatures,

@@ -40,7 +40,7 @@ def champion(tracking_uri: str) -> D.Champion | None:
 @st.cache_resource(show_spinner="Loading the champion model…")
 def local_predictor(tracking_uri: str, version: str) -> Any:
     from portfolio.core import registry
-    from portfolio.core.inference import Predictor
+    from portfolio.core.serving.inference import Predictor
 
     settings = get_settings()
     registry.configure(settings)

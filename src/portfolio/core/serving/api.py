@@ -31,12 +31,12 @@ from pydantic import Field as PydField
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from portfolio.core import registry
-from portfolio.core.inference import Predictor, as_records
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring.live import DriftCollector, LiveMonitor
 from portfolio.core.monitoring.reference import ReferenceUnavailable
 from portfolio.core.processes import freeze_heap
 from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
+from portfolio.core.serving.inference import Predictor, as_records
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
 

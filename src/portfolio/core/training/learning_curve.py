@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import Progress, no_progress, score_metrics, score_rows
+from portfolio.core.training.train import Progress, no_progress, score_metrics, score_rows
 
 # Metrics that need no decision threshold, per task (first: the service's primary metric).
 CURVE_METRICS = {"classification": ("roc_auc", "pr_auc"), "regression": ("rmse", "r2", "mae")}

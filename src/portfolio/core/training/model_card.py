@@ -136,7 +136,7 @@ def write_model_card(
     for col, val in sorted(importance.items(), key=lambda kv: -kv[1]):
         lines.append(f"- {col}: {val:.4f}")
     if fairness is not None:
-        from portfolio.core.fairness import fairness_markdown
+        from portfolio.core.training.fairness import fairness_markdown
 
         lines += ["", *fairness_markdown(fairness)]
     lines += [

@@ -32,15 +32,15 @@ from sklearn.model_selection import (
     train_test_split,
 )
 
-from portfolio.core import evaluation as ev
 from portfolio.core import registry
 from portfolio.core.data import Dataset, load_training_data
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.explain.insights import log_training_insights
-from portfolio.core.fairness import log_fairness
-from portfolio.core.model_card import write_model_card
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
+from portfolio.core.training import evaluation as ev
+from portfolio.core.training.fairness import log_fairness
+from portfolio.core.training.model_card import write_model_card
 
 log = logging.getLogger(__name__)
 
