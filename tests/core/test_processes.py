@@ -8,7 +8,7 @@ import sys
 import weakref
 
 from portfolio.core.processes import freeze_heap
-from portfolio.core.serving.api import ModelHolder
+from portfolio.core.serving.inference import ModelHolder
 from portfolio.core.settings import Settings
 from tests.core import synthetic
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from portfolio.core import registry
 from portfolio.core.explain.substitution import substitution_scores
 from portfolio.core.fastpath.columns import (
     SMALL_BATCH_ROWS,
@@ -24,7 +26,9 @@ from portfolio.core.fastpath.columns import (
     to_columns,
 )
 from portfolio.core.fastpath.pipeline import CompiledPipeline, compile_pipeline, unwrap
+from portfolio.core.processes import freeze_heap
 from portfolio.core.registry import LoadedModel
+from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -173,3 +177,70 @@ def as_records(
     listed = [np.asarray(c).tolist() for c in columns.values()]
     listed += [itertools.repeat(v) for v in (constants or {}).values()]  # type: ignore[misc]
     return [dict(zip(keys, row)) for row in zip(*listed)]  # noqa: B905 (repeat is endless)
+
+
+class ModelHolder:
+    """The model a running service answers with. Loads in the background (so /health answers at
+    once and /ready says 503 until a model is there), retries the tracking server with backoff,
+    and swaps in a newer champion atomically; a failed refresh keeps the current model."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings):
+        self.spec = spec
+        self.settings = settings
+        self.predictor: Predictor | None = None
+        self.error: str | None = None
+        self.state = "loading"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def load_now(self) -> Predictor:
+        loaded = registry.load_champion(self.spec, self.settings)
+        predictor = Predictor(self.spec, loaded)
+        predictor.warm_up()  # before /ready says ready
+        with self._lock:
+            self.predictor, self.error, self.state = predictor, None, "ready"
+        freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
+        log.info("%s v%s loaded (%s)", self.spec.name, loaded.version, loaded.source)
+        return predictor
+
+    def refresh(self) -> bool:
+        """Swap in the current champion if it changed. True when a new version was loaded."""
+        registry.configure(self.settings)
+        mv = registry.champion_version(self.spec.name)
+        current = self.predictor.version if self.predictor else None
+        if mv is None or str(mv.version) == current:
+            return False
+        loaded = registry.load_version(self.spec, self.settings, mv.version)
+        predictor = Predictor(self.spec, loaded)
+        predictor.warm_up()
+        with self._lock:
+            self.predictor = predictor
+            self.state, self.error = "ready", None
+        freeze_heap()  # the old model's cycles are collected, the new one frozen
+        log.info("%s: champion changed %s → v%s", self.spec.name, current, loaded.version)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{self.spec.name}-loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        delay = max(self.settings.model_load_backoff_s, 0.1)
+        while not self._stop.is_set() and self.predictor is None:
+            try:
+                self.load_now()
+            except Exception as exc:
+                self.error, self.state = str(exc), "no model"
+                log.warning("%s: no model yet (%s); retrying in %.0fs", self.spec.name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        interval = self.settings.model_poll_interval_s
+        while interval > 0 and not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving what we have
+                log.warning("%s: champion refresh failed: %s", self.spec.name, exc)
