@@ -123,21 +123,15 @@ def train(
 
 def _predictor(service: str, version: str | None) -> Any:
     from portfolio.core import registry
-    from portfolio.core.serving.inference import Predictor
+    from portfolio.core.serving.inference import load_predictor
 
     settings = _settings()
     spec = _spec(service)
-    registry.configure(settings)
     try:
-        loaded = (
-            registry.load_version(spec, settings, version)
-            if version
-            else registry.load_champion(spec, settings)
-        )
+        return load_predictor(spec, settings, version or None)
     except registry.NoChampionError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
-    return Predictor(spec, loaded)
 
 
 @app.command()
@@ -403,19 +397,13 @@ def drift(
     from portfolio.core import registry
     from portfolio.core.monitoring.reference import ReferenceUnavailable
     from portfolio.core.monitoring.report import DriftInputError, drift_from_files, write_html
-    from portfolio.core.serving.inference import Predictor
+    from portfolio.core.serving.inference import load_predictor
 
     settings = _settings()
     spec = _spec(service)
-    registry.configure(settings)
     predictor = None
     try:
-        loaded = (
-            registry.load_version(spec, settings, version)
-            if version
-            else registry.load_champion(spec, settings)
-        )
-        predictor = Predictor(spec, loaded)
+        predictor = load_predictor(spec, settings, version or None)
     except registry.NoChampionError as exc:
         if reference is None:
             console.print(f"[red]{exc}[/red]")

@@ -179,6 +179,33 @@ def as_records(
     return [dict(zip(keys, row)) for row in zip(*listed)]  # noqa: B905 (repeat is endless)
 
 
+def load_predictor(
+    spec: ServiceSpec, settings: Settings, version: str | int | None = None, warm: bool = False
+) -> Predictor:
+    """The one way to load a model for scoring: a registered version, or the champion.
+
+    Args:
+        spec: The service.
+        settings: Where the registry and the local model cache are.
+        version: A registered version; None loads the champion (with retries, and the cached
+            champion when the tracking server stays unreachable).
+        warm: Score the fields' example once (compilation, caches) before returning.
+
+    Returns:
+        The predictor. Raises ``registry.NoChampionError`` when there is no champion.
+    """
+    registry.configure(settings)
+    loaded = (
+        registry.load_version(spec, settings, version)
+        if version is not None
+        else registry.load_champion(spec, settings)
+    )
+    predictor = Predictor(spec, loaded)
+    if warm:
+        predictor.warm_up()
+    return predictor
+
+
 class ModelHolder:
     """The model a running service answers with. Loads in the background (so /health answers at
     once and /ready says 503 until a model is there), retries the tracking server with backoff,
@@ -195,13 +222,11 @@ class ModelHolder:
         self._lock = threading.Lock()
 
     def load_now(self) -> Predictor:
-        loaded = registry.load_champion(self.spec, self.settings)
-        predictor = Predictor(self.spec, loaded)
-        predictor.warm_up()  # before /ready says ready
+        predictor = load_predictor(self.spec, self.settings, warm=True)  # warm before /ready says ready
         with self._lock:
             self.predictor, self.error, self.state = predictor, None, "ready"
         freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
-        log.info("%s v%s loaded (%s)", self.spec.name, loaded.version, loaded.source)
+        log.info("%s v%s loaded (%s)", self.spec.name, predictor.version, predictor.loaded.source)
         return predictor
 
     def refresh(self) -> bool:
@@ -211,14 +236,12 @@ class ModelHolder:
         current = self.predictor.version if self.predictor else None
         if mv is None or str(mv.version) == current:
             return False
-        loaded = registry.load_version(self.spec, self.settings, mv.version)
-        predictor = Predictor(self.spec, loaded)
-        predictor.warm_up()
+        predictor = load_predictor(self.spec, self.settings, mv.version, warm=True)
         with self._lock:
             self.predictor = predictor
             self.state, self.error = "ready", None
         freeze_heap()  # the old model's cycles are collected, the new one frozen
-        log.info("%s: champion changed %s → v%s", self.spec.name, current, loaded.version)
+        log.info("%s: champion changed %s → v%s", self.spec.name, current, predictor.version)
         return True
 
     def start(self) -> None:
