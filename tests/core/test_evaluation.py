@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_score, recall_score
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.spec import ThresholdPolicy
@@ -20,6 +20,14 @@ def test_max_f1_threshold_is_the_brute_force_best() -> None:
     t = ev.choose_threshold(y, p, ThresholdPolicy("max_f1"))
     best = max(np.unique(p), key=lambda c: f1_score(y, p >= c))
     assert f1_score(y, p >= t) == f1_score(y, p >= best)
+
+
+def test_max_accuracy_threshold_is_the_brute_force_best() -> None:
+    y, p = _scores()
+    t = ev.choose_threshold(y, p, ThresholdPolicy("max_accuracy"))
+    best = max(np.unique(p), key=lambda c: accuracy_score(y, p >= c))
+    assert accuracy_score(y, p >= t) == accuracy_score(y, p >= best)
+    assert t != ev.choose_threshold(y, p, ThresholdPolicy("max_f1"))  # a different rule, here
 
 
 def test_min_recall_threshold_reaches_recall_with_best_precision() -> None:

@@ -20,10 +20,11 @@ class ThresholdPolicy:
     """How a classifier's decision threshold is chosen on out-of-fold validation predictions.
 
     ``max_f1``: the threshold that maximises F1.
+    ``max_accuracy``: the threshold that maximises accuracy (balanced costs of both errors).
     ``min_recall``: the best-precision threshold among those reaching ``min_recall``.
     """
 
-    kind: Literal["max_f1", "min_recall"] = "max_f1"
+    kind: Literal["max_f1", "max_accuracy", "min_recall"] = "max_f1"
     min_recall: float = 0.8
 
 
@@ -91,6 +92,9 @@ class ServiceSpec:
     # same model call as the rows it needs (telecom: the reference substitutions behind
     # top_factors) and returns them as ``probability``. Saves one model call per request.
     extra_outputs_score: bool = False
+    # The metric that selects the candidate (CV fold mean) and decides the champion gate; None:
+    # ROC-AUC for classifiers, RMSE for regressors. A classifier's fold scores are at 0.5.
+    selection_metric: str | None = None
     # Processes started beside the API by `portfolio up` (e.g. a dashboard).
     companions: tuple[Companion, ...] = ()
 
@@ -100,7 +104,9 @@ class ServiceSpec:
 
     @property
     def primary_metric(self) -> str:
-        """The metric that decides the champion gate (higher is better after sign)."""
+        """The metric that selects the candidate and decides the champion gate."""
+        if self.selection_metric:
+            return self.selection_metric
         return "roc_auc" if self.task == "classification" else "rmse"
 
     @property

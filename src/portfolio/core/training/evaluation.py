@@ -33,6 +33,14 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, policy: ThresholdPolicy) 
             where=(precision + recall) > 0,
         )
         return float(thresholds[int(np.argmax(f1))])
+    if policy.kind == "max_accuracy":
+        # Counts at each threshold from the curve: true positives = recall x positives, predicted
+        # positives = true positives / precision.
+        positives = float(np.sum(y == 1))
+        tp = recall * positives
+        fp = np.divide(tp, precision, out=np.zeros_like(tp), where=precision > 0) - tp
+        accuracy = (tp + (len(y) - positives - fp)) / len(y)
+        return float(thresholds[int(np.argmax(accuracy))])
     ok = recall >= policy.min_recall
     if not ok.any():
         return float(thresholds[0])
