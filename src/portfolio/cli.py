@@ -434,6 +434,48 @@ def drift(
 
 
 @app.command()
+def explain(
+    service: ServiceArg,
+    record: Annotated[str, typer.Argument(help="One record as JSON, or a path to a .json file.")],
+    version: Annotated[str | None, typer.Option(help="Registered version (default: champion).")] = None,
+) -> None:
+    """One record's prediction plus per-field contributions that add up, with the base value, to
+    the model output (as `POST /explain`), as JSON."""
+    from pydantic import ValidationError
+
+    from portfolio.core.explain.record import explain_record
+    from portfolio.core.monitoring.reference import ReferenceUnavailable, load_reference
+    from portfolio.core.schema import request_model
+
+    spec = _spec(service)
+    text = Path(record).read_text() if record.endswith(".json") else record
+    try:
+        values = (
+            request_model(f"{spec.name.title()}Record", spec.fields).model_validate_json(text).model_dump()
+        )
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            field = ".".join(str(p) for p in err["loc"]) or "record"
+            console.print(f"[red]{field}: {err['msg']}[/red]")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    predictor = _predictor(service, version)
+    why = ""
+    try:
+        background = load_reference(spec, settings, predictor.loaded.run_id, predictor.version).sample_frame(
+            spec
+        )
+    except ReferenceUnavailable as exc:
+        background, why = None, str(exc)
+    try:
+        body = explain_record(predictor, values, background, why)
+    except ReferenceUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    print(json.dumps(body | {"model_version": predictor.version}, indent=2))
+
+
+@app.command()
 def promote(
     service: ServiceArg, version: Annotated[str, typer.Argument(help="Version to make champion.")]
 ) -> None:

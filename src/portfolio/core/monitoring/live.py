@@ -18,12 +18,10 @@ import pandas as pd
 from portfolio.core.monitoring.drift import Thresholds, compare_feature, psi
 from portfolio.core.monitoring.reference import (
     DriftReference,
-    ReferenceUnavailable,
     _is_numeric,
     bin_counts,
     load_reference,
     numeric_values,
-    typed_frame,
 )
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
@@ -110,30 +108,11 @@ class LiveMonitor:
             self._background = (ref, ref.sample_frame(self.spec))
         return self._background[1]
 
-    def explain(self, predictor: Any, settings: Settings, record: Mapping[str, Any]) -> dict[str, Any]:
-        """``POST /explain``: the prediction plus additive per-field contributions (explain/shapley.py).
-        Raises ReferenceUnavailable when the model needs background rows and none are loaded."""
-        from portfolio.core.explain.shapley import explain_frame, explanation_body
-
+    def background_for(self, predictor: Any, settings: Settings) -> pd.DataFrame | None:
+        """The served version's training rows (loaded once), for explanations that need them."""
         if self.needs_reference(predictor.version):
             self.sync(self.spec, settings, predictor.version, predictor.loaded.run_id)
-        background = self.background() if self.reference_version == predictor.version else None
-        X = typed_frame(pd.DataFrame([dict(record)]), self.spec.fields)
-        try:
-            exp = explain_frame(
-                self.spec.task, predictor.model, X, score=predictor.scores_frame, background=background
-            )
-        except ValueError as exc:
-            raise ReferenceUnavailable(
-                f"cannot explain: {exc} ({self.reference_error or 'no reference'})"
-            ) from exc
-        out = predictor.predict_records([dict(record)])[0]
-        if self.spec.task == "classification":
-            out["threshold"] = predictor.threshold
-        body = explanation_body(exp, X)
-        for item in body["contributions"]:
-            item["value"] = record.get(item["feature"])  # as sent (the typed frame has floats)
-        return out | body
+        return self.background() if self.reference_version == predictor.version else None
 
     def evaluate(self) -> dict[str, Any]:
         """Drift of the window against the reference (cached until the window changes)."""
