@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image for every role of the platform: the three APIs (bankchurn, carvision, telecom), the
+# One image for every role of the platform: the APIs (bankchurn, carvision, telecom, plan), the
 # CarVision dashboard and the MLflow tracking server. PORTFOLIO_SERVICE picks the role at run time
 # (CI also bakes a default per published image with --build-arg SERVICE=<role>).
 # No data, models or secrets are copied in: models come from the MLflow registry at start-up,

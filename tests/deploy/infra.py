@@ -33,7 +33,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "ci-mlops.yml"
 
 # The services the deployment runs (compose, nginx, Kubernetes, CI images). Every registered
 # service must be among them; the end-to-end tests need all of them registered.
-DEPLOYED_SERVICES = ("bankchurn", "carvision", "telecom")
+DEPLOYED_SERVICES = ("bankchurn", "carvision", "telecom", "plan")
 # Roles of the one image besides the APIs (deploy/docker/entrypoint.sh).
 EXTRA_ROLES = ("dashboard", "mlflow")
 # Read by the container entrypoint (and by `portfolio serve`'s uvicorn factory), not by Settings.
