@@ -14,7 +14,7 @@ import logging
 import subprocess
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from portfolio.core.spec import ServiceSpec
 from portfolio.core.training import evaluation as ev
 from portfolio.core.training.fairness import log_fairness
 from portfolio.core.training.model_card import write_model_card
+from portfolio.core.training.outcome import CandidateResult, TrainOutcome
 
 log = logging.getLogger(__name__)
 
@@ -63,52 +64,6 @@ def load_params(service: str, settings: Settings) -> dict[str, Any]:
         return {}
     data = yaml.safe_load(path.read_text()) or {}
     return dict(data.get(service) or {})
-
-
-@dataclass
-class CandidateResult:
-    name: str
-    oof: np.ndarray
-    fold_scores: list[float]
-    cv_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    threshold: float | None = None
-    quantiles: tuple[float, float] | None = None
-
-    @property
-    def primary(self) -> float:
-        return float(np.mean(self.fold_scores))
-
-
-@dataclass
-class TrainOutcome:
-    service: str
-    run_id: str
-    version: str
-    alias: str
-    best: str
-    threshold: float | None
-    cv: dict[str, dict[str, float]]
-    test: dict[str, dict[str, float]]
-    candidates: dict[str, dict[str, float]]
-    gate: dict[str, Any]
-    data_report: dict[str, Any]
-    refit_full: bool = False
-    final_fit_rows: int = 0
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "service": self.service,
-            "version": self.version,
-            "alias": self.alias,
-            "model": self.best,
-            "threshold": self.threshold,
-            "cv": self.cv,
-            "test": self.test,
-            "candidates": self.candidates,
-            "gate": self.gate,
-            "refit_full": self.refit_full,
-            "final_fit_rows": self.final_fit_rows,
-        }
 
 
 def score_rows(spec: ServiceSpec, est: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
@@ -238,6 +193,28 @@ def split(spec: ServiceSpec, ds: Dataset, settings: Settings) -> tuple[Any, Any,
     )
 
 
+@dataclass
+class Evaluation:
+    """The split-fitted model's hold-out evidence: every reported figure comes from it."""
+
+    model: Any
+    test: dict[str, dict[str, float]]
+    scores: dict[str, np.ndarray]
+    importance: dict[str, float]
+    fairness: dict[str, Any] | None
+
+
+@dataclass
+class ServedModel:
+    """The logged model: the split-fitted one, or with ``refit_full`` a fit on all rows."""
+
+    model: Any
+    best: CandidateResult  # with the served interval quantiles
+    fit_X: pd.DataFrame
+    model_uri: str
+    sha256: str
+
+
 def train_service(
     spec: ServiceSpec,
     settings: Settings,
@@ -245,6 +222,19 @@ def train_service(
     progress: Progress = no_progress,
     data_path: Path | None = None,
 ) -> TrainOutcome:
+    """Train a service: select the candidate, evaluate and log, log the served model, register
+    and gate, write the model card.
+
+    Args:
+        spec: The service.
+        settings: Paths, split, CV and bootstrap settings, the tracking store.
+        params: The service's params.yaml section (default: read from params.yaml).
+        progress: Called as (description, done, total) while candidates are fitted.
+        data_path: The raw CSV (default: the service's file in the data folder).
+
+    Returns:
+        The run's outcome (registered version, alias, metrics).
+    """
     registry.configure(settings)
     params = dict(params if params is not None else load_params(spec.name, settings))
     cand_params: dict[str, Any] = dict(params.get("candidates") or {})
@@ -252,222 +242,305 @@ def train_service(
     refit_coverage = _refit_interval_coverage(spec, params, refit_full)
     ds = load_training_data(spec, settings, data_path)
     X_train, X_test, y_train, y_test = split(spec, ds, settings)
-    y_tr, y_te = y_train.to_numpy(), y_test.to_numpy()
 
     experiment_id = registry.ensure_experiment(spec.name, settings)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.name}-train") as run:
-        results: dict[str, CandidateResult] = {}
-        for name in spec.candidates:
-            with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
-                p = dict(cand_params.get(name) or {})
-                res = cross_validate(spec, name, p, X_train, y_train, settings, progress)
-                if spec.task == "classification":
-                    res.threshold = ev.choose_threshold(y_tr, res.oof, spec.threshold_policy)
-                    res.cv_metrics = ev.evaluate_classifier(
-                        y_tr, res.oof, res.threshold, settings.bootstrap_rounds, settings.seed
-                    )
-                else:
-                    res.quantiles = conformal_log_quantiles(y_tr, res.oof, spec.interval_coverage)
-                    low, high = IntervalRegressor(None, *res.quantiles).interval_from_point(res.oof)
-                    res.cv_metrics = ev.evaluate_regressor(
-                        y_tr, res.oof, low, high, settings.bootstrap_rounds, settings.seed
-                    )
-                mlflow.log_params({f"{k}": v for k, v in p.items()})
-                mlflow.log_metrics(ev.flatten("cv", res.cv_metrics))
-                mlflow.log_metric(f"cv_{spec.primary_metric}_fold_mean", res.primary)
-                mlflow.log_metric(f"cv_{spec.primary_metric}_fold_std", float(np.std(res.fold_scores)))
-                results[name] = res
-
-        best = results[next(iter(results))]
-        for res in results.values():
-            if not _better(spec, best.primary, res.primary):
-                best = res
+        results, best = select_candidate(
+            spec, settings, cand_params, X_train, y_train, experiment_id, progress
+        )
         best_params = dict(cand_params.get(best.name) or {})
         progress(f"{spec.name}: fit {best.name}", 0, 1)
         # Fitted on the training split only: every reported figure comes from this model.
         model = fit_final(spec, best, best_params, X_train, y_train)
         progress(f"{spec.name}: fit {best.name}", 1, 1)
-        test = evaluate_model(spec, model, X_test, y_te, settings)
-
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            scores = predict_scores(spec, model, X_test)
-            if spec.task == "classification":
-                plots = ev.classification_plots(
-                    y_te, scores["proba"], float(model.threshold), tmp / "plots", spec.title
-                )
-                scoring = "roc_auc"
-            else:
-                plots = ev.regression_plots(y_te, scores["pred"], tmp / "plots", spec.title)
-                scoring = "neg_root_mean_squared_error"
-            imp = permutation_importance(
-                model,
-                X_test,
-                y_test,
-                scoring=scoring,
-                n_repeats=5,
-                random_state=settings.seed,
-                n_jobs=1,
-            )
-            importance = {col: float(v) for col, v in zip(X_test.columns, imp.importances_mean, strict=True)}
-            plots.append(ev.importance_plot(importance, tmp / "plots" / "importance.png", spec.title))
-            for p_ in plots:
-                mlflow.log_artifact(str(p_), artifact_path="plots")
-            mlflow.log_dict(importance, "feature_importance.json")
-            mlflow.log_dict(ds.report(), "data_report.json")
-            fair = log_fairness(spec, X_test, y_te, scores.get("proba"), best.threshold)
-
-            # The served (logged, registered) model: the split-fitted one, or with refit_full a
-            # fresh fit of the same candidate/params/threshold/quantiles on all rows (dataset order).
-            served, fit_X, served_best = model, X_train, best
-            if refit_full:
-                progress(f"{spec.name}: refit {best.name} on all rows", 0, 1)
-                if refit_coverage is not None:
-                    # The refit model is more accurate on new rows than the out-of-fold
-                    # predictions that calibrate the split model (CarVision: its price
-                    # statistics match more re-posts), so its interval is calibrated on the split
-                    # model's hold-out residuals, at the level params.yaml gives.
-                    q = conformal_log_quantiles(y_te, scores["pred"], refit_coverage)
-                    served_best = dataclasses.replace(best, quantiles=q)
-                served, fit_X = fit_final(spec, served_best, best_params, ds.X, ds.y), ds.X
-                progress(f"{spec.name}: refit {best.name} on all rows", 1, 1)
-                # Re-scoring the hold-out with the served model would be in-sample, so the split
-                # model's hold-out predictions are kept for views that plot them (dashboard).
-                mlflow.log_dict(
-                    {"actual": y_te.tolist(), **{k: v.tolist() for k, v in scores.items()}},
-                    HOLDOUT_PREDICTIONS_ARTIFACT,
-                )
-            # Drift reference + explanation importance (explain/insights.py). Both describe the served
-            # model: its reference is the rows it was fitted on, profiled with ITS scores (what
-            # live score drift is compared against), and its explanations are of ITS function.
-            log_training_insights(
-                spec,
-                served,
-                fit_X,
-                X_test,
-                tmp / "plots",
-                settings.seed,
-                source="all rows (refit after evaluation)" if refit_full else "training split",
-            )
-
-            mlflow.log_params(
-                {
-                    "service": spec.name,
-                    "model": best.name,
-                    **{f"{best.name}.{k}": v for k, v in best_params.items()},
-                    "cv_folds": settings.cv_folds,
-                    "test_size": settings.test_size,
-                    "seed": settings.seed,
-                    "train_rows": len(X_train),
-                    "test_rows": len(X_test),
-                    "refit_full": refit_full,
-                    "final_fit_rows": len(fit_X),
-                }
-            )
-            if spec.task == "classification":
-                mlflow.log_param("threshold", best.threshold)
-            else:
-                assert best.quantiles is not None and served_best.quantiles is not None
-                mlflow.log_params({"interval_q_low": best.quantiles[0], "interval_q_high": best.quantiles[1]})
-                if refit_coverage is not None:
-                    mlflow.log_params(
-                        {
-                            "refit_interval_coverage": refit_coverage,
-                            "served_interval_q_low": served_best.quantiles[0],
-                            "served_interval_q_high": served_best.quantiles[1],
-                        }
-                    )
-            mlflow.log_metrics({**ev.flatten("cv", best.cv_metrics), **ev.flatten("test", test)})
-            mlflow.set_tags(
-                {
-                    "git_commit": _git_commit(settings),
-                    "data_file": ds.path.name,
-                    "data_md5": ds.md5,
-                    "service": spec.name,
-                }
-            )
-
-            example = X_train.head(5)
-            signature = infer_signature(example, served.predict(example))
-            info = mlflow.sklearn.log_model(
-                served,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=registry.trusted_types(spec),
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-            )
-            local = Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "m"))
-            )
-            sha = registry.sha256_file(local / registry.MODEL_FILE)
-            mlflow.set_tag("model_sha256", sha)
-
-            candidates_table = {
-                name: {f"cv_{k}": v["value"] for k, v in res.cv_metrics.items()}
-                | {f"cv_{spec.primary_metric}_fold_std": float(np.std(res.fold_scores))}
-                for name, res in results.items()
-            }
-
-            # Registration is the last step: an interrupted run never leaves a half-registered
-            # version, and the alias moves only after the new version is complete.
-            metric = spec.primary_metric
-            mv = mlflow.register_model(
-                info.model_uri,
-                spec.name,
-                tags={
-                    "sha256": sha,
-                    registry.REFIT_TAG: str(refit_full).lower(),
-                    registry.holdout_tag(metric): str(float(test[metric]["value"])),
-                },
-            )
-            provenance = {
-                "data_md5": ds.md5,
-                "test_size": str(settings.test_size),
-                "seed": str(settings.seed),
-            }
-            gate = champion_gate(spec, settings, str(mv.version), test, X_test, y_te, provenance=provenance)
-            mlflow.log_dict(gate, "gate.json")
-            card = write_model_card(
+            evaluation = evaluate_and_log(spec, settings, model, best, X_test, y_test, ds, tmp)
+            served = log_served_model(
                 spec,
                 settings,
-                version=str(mv.version),
-                alias=gate["alias"],
-                best=best.name,
-                threshold=best.threshold,
-                cv=best.cv_metrics,
-                test=test,
-                candidates=candidates_table,
-                data_report=ds.report(),
-                importance=importance,
-                gate=gate,
-                params=best_params,
-                fairness=fair,
-                train_rows=len(X_train),
-                final_fit_rows=len(fit_X) if refit_full else None,
-                refit_interval=(
-                    (refit_coverage, *served_best.quantiles)
-                    if refit_coverage is not None and served_best.quantiles is not None
-                    else None
-                ),
+                evaluation,
+                best,
+                best_params,
+                ds,
+                X_train,
+                X_test,
+                y_test,
+                refit_coverage,
+                refit_full,
+                tmp,
+                progress,
             )
-            mlflow.log_artifact(str(card))
-    return TrainOutcome(
-        service=spec.name,
-        run_id=run.info.run_id,
-        version=str(mv.version),
-        alias=gate["alias"],
-        best=best.name,
-        threshold=best.threshold,
-        cv=best.cv_metrics,
-        test=test,
-        candidates=candidates_table,
-        gate=gate,
-        data_report=ds.report(),
-        refit_full=refit_full,
-        final_fit_rows=len(fit_X),
+        candidates_table = {
+            name: {f"cv_{k}": v["value"] for k, v in res.cv_metrics.items()}
+            | {f"cv_{spec.primary_metric}_fold_std": float(np.std(res.fold_scores))}
+            for name, res in results.items()
+        }
+        version, gate = register_and_gate(spec, settings, served, evaluation, refit_full, ds, X_test, y_test)
+        outcome = TrainOutcome(
+            service=spec.name,
+            run_id=run.info.run_id,
+            version=version,
+            alias=gate["alias"],
+            best=best.name,
+            threshold=best.threshold,
+            cv=best.cv_metrics,
+            test=evaluation.test,
+            candidates=candidates_table,
+            gate=gate,
+            data_report=ds.report(),
+            refit_full=refit_full,
+            final_fit_rows=len(served.fit_X),
+            params=best_params,
+            importance=evaluation.importance,
+            fairness=evaluation.fairness,
+            train_rows=len(X_train),
+            refit_interval=(
+                (refit_coverage, *served.best.quantiles)
+                if refit_coverage is not None and served.best.quantiles is not None
+                else None
+            ),
+        )
+        mlflow.log_artifact(str(write_model_card(spec, settings, outcome)))
+    return outcome
+
+
+def select_candidate(
+    spec: ServiceSpec,
+    settings: Settings,
+    cand_params: Mapping[str, Any],
+    X_train: pd.DataFrame,
+    y_train: pd.Series,
+    experiment_id: str,
+    progress: Progress = no_progress,
+) -> tuple[dict[str, CandidateResult], CandidateResult]:
+    """Cross-validate every candidate (a nested MLflow run each), choose its threshold or interval
+    out of fold, and pick the best by the mean fold score of the spec's selection metric.
+
+    Returns:
+        Every candidate's result, and the best one.
+    """
+    y_tr = y_train.to_numpy()
+    results: dict[str, CandidateResult] = {}
+    for name in spec.candidates:
+        with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
+            p = dict(cand_params.get(name) or {})
+            res = cross_validate(spec, name, p, X_train, y_train, settings, progress)
+            if spec.task == "classification":
+                res.threshold = ev.choose_threshold(y_tr, res.oof, spec.threshold_policy)
+                res.cv_metrics = ev.evaluate_classifier(
+                    y_tr, res.oof, res.threshold, settings.bootstrap_rounds, settings.seed
+                )
+            else:
+                res.quantiles = conformal_log_quantiles(y_tr, res.oof, spec.interval_coverage)
+                low, high = IntervalRegressor(None, *res.quantiles).interval_from_point(res.oof)
+                res.cv_metrics = ev.evaluate_regressor(
+                    y_tr, res.oof, low, high, settings.bootstrap_rounds, settings.seed
+                )
+            mlflow.log_params({f"{k}": v for k, v in p.items()})
+            mlflow.log_metrics(ev.flatten("cv", res.cv_metrics))
+            mlflow.log_metric(f"cv_{spec.primary_metric}_fold_mean", res.primary)
+            mlflow.log_metric(f"cv_{spec.primary_metric}_fold_std", float(np.std(res.fold_scores)))
+            results[name] = res
+    best = results[next(iter(results))]
+    for res in results.values():
+        if not _better(spec, best.primary, res.primary):
+            best = res
+    return results, best
+
+
+def evaluate_and_log(
+    spec: ServiceSpec,
+    settings: Settings,
+    model: Any,
+    best: CandidateResult,
+    X_test: pd.DataFrame,
+    y_test: pd.Series,
+    ds: Dataset,
+    tmp: Path,
+) -> Evaluation:
+    """The split-fitted model on the hold-out: metrics with intervals, plots, permutation
+    importance, the data report and the fairness report, logged to the active run.
+
+    Returns:
+        The evaluation (metrics, hold-out scores, importance, fairness).
+    """
+    y_te = y_test.to_numpy()
+    test = evaluate_model(spec, model, X_test, y_te, settings)
+    scores = predict_scores(spec, model, X_test)
+    if spec.task == "classification":
+        plots = ev.classification_plots(
+            y_te, scores["proba"], float(model.threshold), tmp / "plots", spec.title
+        )
+        scoring = "roc_auc"
+    else:
+        plots = ev.regression_plots(y_te, scores["pred"], tmp / "plots", spec.title)
+        scoring = "neg_root_mean_squared_error"
+    imp = permutation_importance(
+        model,
+        X_test,
+        y_test,
+        scoring=scoring,
+        n_repeats=5,
+        random_state=settings.seed,
+        n_jobs=1,
     )
+    importance = {col: float(v) for col, v in zip(X_test.columns, imp.importances_mean, strict=True)}
+    plots.append(ev.importance_plot(importance, tmp / "plots" / "importance.png", spec.title))
+    for p_ in plots:
+        mlflow.log_artifact(str(p_), artifact_path="plots")
+    mlflow.log_dict(importance, "feature_importance.json")
+    mlflow.log_dict(ds.report(), "data_report.json")
+    fair = log_fairness(spec, X_test, y_te, scores.get("proba"), best.threshold)
+    return Evaluation(model, test, scores, importance, fair)
+
+
+def log_served_model(
+    spec: ServiceSpec,
+    settings: Settings,
+    evaluation: Evaluation,
+    best: CandidateResult,
+    best_params: Mapping[str, Any],
+    ds: Dataset,
+    X_train: pd.DataFrame,
+    X_test: pd.DataFrame,
+    y_test: pd.Series,
+    refit_coverage: float | None,
+    refit_full: bool,
+    tmp: Path,
+    progress: Progress = no_progress,
+) -> ServedModel:
+    """Log the model that will be served: the split-fitted one, or with ``refit_full`` a fresh
+    fit of the same candidate/params/threshold/quantiles on all rows (dataset order); with its
+    drift reference and explanation importance, the run's params, metrics and tags.
+
+    Returns:
+        The served model with its logged URI and artifact checksum.
+    """
+    y_te = y_test.to_numpy()
+    scores = evaluation.scores
+    served, fit_X, served_best = evaluation.model, X_train, best
+    if refit_full:
+        progress(f"{spec.name}: refit {best.name} on all rows", 0, 1)
+        if refit_coverage is not None:
+            # The refit model is more accurate on new rows than the out-of-fold
+            # predictions that calibrate the split model (CarVision: its price
+            # statistics match more re-posts), so its interval is calibrated on the split
+            # model's hold-out residuals, at the level params.yaml gives.
+            q = conformal_log_quantiles(y_te, scores["pred"], refit_coverage)
+            served_best = dataclasses.replace(best, quantiles=q)
+        served, fit_X = fit_final(spec, served_best, best_params, ds.X, ds.y), ds.X
+        progress(f"{spec.name}: refit {best.name} on all rows", 1, 1)
+        # Re-scoring the hold-out with the served model would be in-sample, so the split
+        # model's hold-out predictions are kept for views that plot them (dashboard).
+        mlflow.log_dict(
+            {"actual": y_te.tolist(), **{k: v.tolist() for k, v in scores.items()}},
+            HOLDOUT_PREDICTIONS_ARTIFACT,
+        )
+    # Drift reference + explanation importance (explain/insights.py). Both describe the served
+    # model: its reference is the rows it was fitted on, profiled with ITS scores (what
+    # live score drift is compared against), and its explanations are of ITS function.
+    log_training_insights(
+        spec,
+        served,
+        fit_X,
+        X_test,
+        tmp / "plots",
+        settings.seed,
+        source="all rows (refit after evaluation)" if refit_full else "training split",
+    )
+    mlflow.log_params(
+        {
+            "service": spec.name,
+            "model": best.name,
+            **{f"{best.name}.{k}": v for k, v in best_params.items()},
+            "cv_folds": settings.cv_folds,
+            "test_size": settings.test_size,
+            "seed": settings.seed,
+            "train_rows": len(X_train),
+            "test_rows": len(X_test),
+            "refit_full": refit_full,
+            "final_fit_rows": len(fit_X),
+        }
+    )
+    if spec.task == "classification":
+        mlflow.log_param("threshold", best.threshold)
+    else:
+        assert best.quantiles is not None and served_best.quantiles is not None
+        mlflow.log_params({"interval_q_low": best.quantiles[0], "interval_q_high": best.quantiles[1]})
+        if refit_coverage is not None:
+            mlflow.log_params(
+                {
+                    "refit_interval_coverage": refit_coverage,
+                    "served_interval_q_low": served_best.quantiles[0],
+                    "served_interval_q_high": served_best.quantiles[1],
+                }
+            )
+    mlflow.log_metrics({**ev.flatten("cv", best.cv_metrics), **ev.flatten("test", evaluation.test)})
+    mlflow.set_tags(
+        {
+            "git_commit": _git_commit(settings),
+            "data_file": ds.path.name,
+            "data_md5": ds.md5,
+            "service": spec.name,
+        }
+    )
+
+    example = X_train.head(5)
+    signature = infer_signature(example, served.predict(example))
+    info = mlflow.sklearn.log_model(
+        served,
+        name="model",
+        serialization_format="skops",
+        skops_trusted_types=registry.trusted_types(spec),
+        signature=signature,
+        input_example=example,
+        pip_requirements=_pip_requirements(),
+    )
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "m")))
+    sha = registry.sha256_file(local / registry.MODEL_FILE)
+    mlflow.set_tag("model_sha256", sha)
+    return ServedModel(served, served_best, fit_X, info.model_uri, sha)
+
+
+def register_and_gate(
+    spec: ServiceSpec,
+    settings: Settings,
+    served: ServedModel,
+    evaluation: Evaluation,
+    refit_full: bool,
+    ds: Dataset,
+    X_test: pd.DataFrame,
+    y_test: pd.Series,
+) -> tuple[str, dict[str, Any]]:
+    """Register the logged model as a new version and run the champion/challenger gate.
+
+    Registration is the last step: an interrupted run never leaves a half-registered version,
+    and the alias moves only after the new version is complete.
+
+    Returns:
+        The new version and the gate's decision.
+    """
+    metric = spec.primary_metric
+    mv = mlflow.register_model(
+        served.model_uri,
+        spec.name,
+        tags={
+            "sha256": served.sha256,
+            registry.REFIT_TAG: str(refit_full).lower(),
+            registry.holdout_tag(metric): str(float(evaluation.test[metric]["value"])),
+        },
+    )
+    provenance = {
+        "data_md5": ds.md5,
+        "test_size": str(settings.test_size),
+        "seed": str(settings.seed),
+    }
+    gate = champion_gate(
+        spec, settings, str(mv.version), evaluation.test, X_test, y_test.to_numpy(), provenance=provenance
+    )
+    mlflow.log_dict(gate, "gate.json")
+    return str(mv.version), gate
 
 
 def champion_gate(
