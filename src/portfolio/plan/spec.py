@@ -27,9 +27,7 @@ TARIFFS = np.array(["Smart", "Ultra"], dtype=object)
 
 
 def xgboost_pipeline(params: Mapping[str, Any]) -> Pipeline:
-    p = {"n_estimators": 300, "learning_rate": 0.03, "max_depth": 3, "subsample": 0.8, "n_jobs": 1} | dict(
-        params
-    )
+    p = {"n_estimators": 300, "learning_rate": 0.03, "max_depth": 3, "subsample": 0.8} | dict(params)
     return Pipeline(
         [
             ("prep", tabular_preprocessor(NUMERIC, [])),
