@@ -274,7 +274,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "64-row blocks (copied column-major), split across cores from 512 rows; every size and both",
         "libraries take the walk (for 1,000 rows of 800 depth-6 trees it is about twice as fast as",
         "XGBoost's own predictor). Exact",
-        "parity (`tests/core/parity.py`: 1,000 real rows per service, whole and in small groups; a",
+        "parity (`tests/support/parity.py`: 1,000 real rows per service, whole and in small groups; a",
         "threshold-edge test for both libraries), and a pipeline fallback that `/model` reports.",
         "ONNX would add onnxruntime plus converters for the custom feature steps; treelite's",
         "interpreter took ~210 µs for one row of an 800-tree booster (the first numba walk ~60 µs,",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from portfolio.core.settings import Settings, get_settings
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 
 # Tests must never touch the developer's own state or phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

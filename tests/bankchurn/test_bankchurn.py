@@ -19,7 +19,7 @@ from portfolio.core.schema import validate_frame
 from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
-from tests.helpers import ROOT, wait_ready
+from tests.support.helpers import ROOT, wait_ready
 
 RECORD = {
     "CreditScore": 619, "Geography": "France", "Gender": "Female", "Age": 42, "Tenure": None,

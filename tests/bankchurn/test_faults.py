@@ -23,8 +23,8 @@ from portfolio.bankchurn.spec import SPEC
 from portfolio.core import registry
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
-from tests.helpers import ROOT
-from tests.live import live_api, state_env
+from tests.support.helpers import ROOT
+from tests.support.live import live_api, state_env
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,7 @@ from portfolio.core import registry
 from portfolio.core.processes import free_port
 from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import get_settings
-from tests.live import TrainedService, require_data
+from tests.support.live import TrainedService, require_data
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
 from tests.carvision.cdp import Chromium
-from tests.helpers import ROOT, ensure_apt
-from tests.live import TrainedService
+from tests.support.helpers import ROOT, ensure_apt
+from tests.support.live import TrainedService
 
 pytestmark = pytest.mark.integration
 

@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 from portfolio.carvision.spec import SPEC
 from portfolio.core import registry
 from tests.carvision.conftest import RECORD
-from tests.core.parity import assert_fast_path_parity
-from tests.helpers import ROOT
-from tests.live import TrainedService, require_data
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, require_data
+from tests.support.parity import assert_fast_path_parity
 
 pytestmark = pytest.mark.integration
 

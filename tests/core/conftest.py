@@ -10,8 +10,8 @@ from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from portfolio.core.training.train import train_service
 from tests.conftest import make_settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 
 @pytest.fixture(scope="session")

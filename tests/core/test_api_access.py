@@ -10,8 +10,8 @@ from fastapi.testclient import TestClient
 
 from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 SECRET = "s3cret-key-123"

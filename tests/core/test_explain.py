@@ -32,8 +32,8 @@ from portfolio.core.settings import Settings
 from portfolio.core.training.train import load_params
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 
 def logit(p: float) -> float:

@@ -27,8 +27,8 @@ from portfolio.core.registry import LoadedModel
 from portfolio.core.schema import validate_frame
 from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
-from tests.core import synthetic
-from tests.core.parity import assert_fast_path_parity
+from tests.support import synthetic
+from tests.support.parity import assert_fast_path_parity
 
 
 def _typed(n: int, seed: int) -> pd.DataFrame:

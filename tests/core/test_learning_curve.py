@@ -14,7 +14,7 @@ from portfolio.core.settings import Settings
 from portfolio.core.training import evaluation as ev
 from portfolio.core.training.learning_curve import _stratified_order, learning_curve
 from tests.conftest import make_settings
-from tests.core import synthetic
+from tests.support import synthetic
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
-from tests.helpers import ROOT, ensure_apt
+from tests.support.helpers import ROOT, ensure_apt
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 

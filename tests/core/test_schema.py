@@ -18,7 +18,7 @@ from portfolio.core.schema import (
     request_model,
     validate_frame,
 )
-from tests.core.synthetic import FIELDS
+from tests.support.synthetic import FIELDS
 
 
 def raw(rows: list[dict[str, object]]) -> pd.DataFrame:

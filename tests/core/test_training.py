@@ -15,7 +15,7 @@ from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
 from portfolio.core.training.train import train_service
 from tests.conftest import make_settings
-from tests.core import synthetic
+from tests.support import synthetic
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from portfolio.bankchurn.spec import SPEC
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_all_workers_ready
 from portfolio.core.serving.workers import Supervisor, reuse_port_supported
 from portfolio.core.settings import Settings
-from tests.helpers import ROOT, require
-from tests.live import state_env
+from tests.support.helpers import ROOT, require
+from tests.support.live import state_env
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from tests.deploy.infra import (
     start_postgres,
     world_readable_tmpdir,
 )
-from tests.helpers import require
+from tests.support.helpers import require
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -259,7 +259,7 @@ def example_record(spec: ServiceSpec) -> dict[str, Any]:
         return record
     from portfolio.core.data import read_raw_csv
     from portfolio.core.schema import validate_frame
-    from tests.helpers import ROOT
+    from tests.support.helpers import ROOT
 
     raw = read_raw_csv(ROOT / "data" / "raw" / spec.data_file, nrows=200)
     result = validate_frame(raw, spec.fields)

@@ -19,7 +19,7 @@ from pydantic import AliasChoices
 
 from portfolio.core.processes import free_port
 from portfolio.core.settings import Settings
-from tests.helpers import ROOT, ensure_apt, require
+from tests.support.helpers import ROOT, ensure_apt, require
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

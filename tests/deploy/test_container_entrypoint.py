@@ -32,7 +32,7 @@ from tests.deploy.infra import (
     venv_bin,
     world_readable_tmpdir,
 )
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 
 pytestmark = pytest.mark.integration
 _, STAGES = parse_dockerfile(DOCKERFILE.read_text())

@@ -16,7 +16,7 @@ from tests.deploy.infra import (
     run,
     venv_bin,
 )
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 GLOBAL_ARGS, STAGES = parse_dockerfile(DOCKERFILE.read_text())
 FINAL = STAGES[-1]

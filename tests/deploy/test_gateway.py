@@ -33,7 +33,7 @@ from tests.deploy.infra import (
     run,
     template_variables,
 )
-from tests.helpers import require
+from tests.support.helpers import require
 
 pytestmark = pytest.mark.integration
 HEX32 = re.compile(r"[0-9a-f]{32}")

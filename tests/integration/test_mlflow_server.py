@@ -18,7 +18,7 @@ from portfolio.core.settings import Settings
 from portfolio.core.training.train import train_service
 from tests.bankchurn.test_bankchurn import RECORD
 from tests.conftest import make_settings
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.integration
 

@@ -18,10 +18,10 @@ from portfolio.core.data import read_raw_csv
 from portfolio.core.schema import validate_frame
 from portfolio.plan.spec import SPEC
 from portfolio.services import SERVICES
-from tests.core.parity import assert_fast_path_parity
-from tests.helpers import ROOT
-from tests.live import TrainedService, live_api
 from tests.plan.conftest import DATA_FILE
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, live_api
+from tests.support.parity import assert_fast_path_parity
 
 pytestmark = pytest.mark.integration
 PORTFOLIO = str(ROOT / ".venv" / "bin" / "portfolio")

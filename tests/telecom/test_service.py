@@ -18,9 +18,9 @@ from portfolio.core import registry
 from portfolio.core.schema import validate_frame
 from portfolio.core.serving.inference import Predictor
 from portfolio.telecom.spec import MIN_RECALL, SPEC
-from tests.core.parity import assert_fast_path_parity
-from tests.helpers import ROOT
-from tests.live import TrainedService, live_api
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, live_api
+from tests.support.parity import assert_fast_path_parity
 from tests.telecom.conftest import DATA_FILE
 
 pytestmark = pytest.mark.integration

@@ -17,7 +17,7 @@ from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.core.training.train import TrainOutcome
 from tests.conftest import make_settings
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 
 
 def state_env(settings: Settings, **extra: str) -> dict[str, str]:
