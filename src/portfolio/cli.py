@@ -148,8 +148,19 @@ def predict(
             "--no-explain leaves that column empty and scores about 20 times fewer model rows.",
         ),
     ] = True,
+    log_predictions: Annotated[
+        bool,
+        typer.Option(
+            "--log-predictions",
+            help="Also write each valid row to the prediction log (PORTFOLIO_PREDICTION_LOG_DIR) "
+            "as <run id>:<row>, the run id printed at the end.",
+        ),
+    ] = False,
 ) -> None:
     """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
+    import uuid
+
+    from portfolio.core.monitoring.predictions import PredictionLog
     from portfolio.core.serving.batch import InputFileError, predict_csv
 
     if not input.exists():
@@ -157,6 +168,16 @@ def predict(
         raise typer.Exit(2)
     predictor = _predictor(service, version)
     settings = get_settings()
+    plog = None
+    run_id = f"batch-{uuid.uuid4().hex}"
+    if log_predictions:
+        plog = PredictionLog(
+            settings.resolved_prediction_log_dir,
+            predictor.spec.name,
+            sample=settings.prediction_log_sample,
+            max_bytes=settings.prediction_log_max_bytes,
+            queue_size=settings.prediction_log_queue,
+        )
     with Progress(
         TextColumn("scoring"),
         MofNCompleteColumn(),
@@ -174,16 +195,23 @@ def predict(
                 settings.batch_chunk_rows,
                 on_chunk=lambda n: progress.advance(task, n),
                 explain=explain,
+                prediction_log=plog,
+                run_id=run_id,
             )
         except InputFileError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        finally:
+            if plog is not None:
+                plog.close()
     seconds = time.perf_counter() - started  # reading, validating, scoring and writing
     out.print(
         f"{report.rows} rows scored with {service} v{predictor.version}: "
         f"{report.ok} ok, {report.failed} failed validation → {output} "
         f"in {seconds:.2f} s ({report.rows / max(seconds, 1e-9):,.0f} rows/s)"
     )
+    if plog is not None:
+        out.print(f"logged as {run_id}:<row> → {plog.folder}")
     if report.failed:
         t = Table(title="validation failures")
         t.add_column("reason")

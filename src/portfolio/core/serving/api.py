@@ -45,6 +45,7 @@ def create_app(
         ctx.holder.start()
         yield
         ctx.holder.stop()
+        ctx.prediction_log.close()  # SIGTERM/SIGINT: everything answered is written and flushed
 
     app = FastAPI(title=f"{spec.title} API", description=spec.description, version="1", lifespan=lifespan)
     app.state.holder = ctx.holder
