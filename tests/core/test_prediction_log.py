@@ -41,7 +41,7 @@ def _counter(registry: CollectorRegistry, outcome: str) -> float:
 def test_records_are_lines_with_ids_rotated_by_size(tmp_path: Path) -> None:
     reg = CollectorRegistry()
     plog = PredictionLog(tmp_path, "svc", max_bytes=2000, registry=reg)
-    inputs = {"a": list(range(30)), "b": ["x"] * 30}
+    inputs: dict[str, list[Any]] = {"a": list(range(30)), "b": ["x"] * 30}
     outputs = [{"score": i / 30} for i in range(30)]
     plog.submit("r1", "3", "compiled", inputs, outputs, batch=True)
     plog.submit("r2", "3", "compiled", {"a": [7], "b": [None]}, [{"score": 0.5}], batch=False)
