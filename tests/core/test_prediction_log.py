@@ -123,6 +123,30 @@ def test_the_api_logs_what_it_answered(synth_trained: Settings, tmp_path: Path) 
     assert rows["abc-1"]["model_version"] == one.json()["model_version"]
 
 
+def test_the_apps_shutdown_drains_a_writer_that_is_behind(synth_trained: Settings, tmp_path: Path) -> None:
+    """The writer is held while requests are answered; leaving the app (uvicorn's shutdown on
+    SIGTERM runs the same lifespan) still writes every record."""
+    settings = synth_trained.model_copy(update={"prediction_log_dir": tmp_path})
+    app = create_app(synthetic.CLASSIFIER, settings)
+    plog = app.state.prediction_log
+    release = threading.Event()
+    write = plog._write
+
+    def held(item: tuple[Any, ...]) -> None:
+        release.wait(30)
+        write(item)
+
+    plog._write = held
+    with TestClient(app) as c:
+        wait_ready(c)
+        for i in range(20):
+            assert c.post("/predict", json=RECORD, headers={"X-Request-ID": f"h{i}"}).status_code == 200
+        assert list(read_log(tmp_path, synthetic.CLASSIFIER.name)) == []  # all still queued
+        threading.Timer(0.5, release.set).start()
+    rows = [r["request_id"] for r in read_log(tmp_path, synthetic.CLASSIFIER.name)]
+    assert rows == [f"h{i}" for i in range(20)]
+
+
 def test_sigterm_flushes_every_answered_record(bank_state: Settings, tmp_path: Path) -> None:
     """A real `portfolio serve`: N records answered, SIGTERM, N lines, each the answer given."""
     logs = tmp_path / "predictions"
@@ -134,9 +158,12 @@ def test_sigterm_flushes_every_answered_record(bank_state: Settings, tmp_path: P
                 "/predict", json=BANK_RECORD | {"Age": 20 + i % 60}, headers={"X-Request-ID": f"s{i}"}
             )
             answers[f"s{i}"] = r.json()
-        r = http.post("/predict/batch", json={"records": [BANK_RECORD] * 50}, headers={"X-Request-ID": "bb"})
-        for i, p in enumerate(r.json()["predictions"]):
-            answers[f"bb:{i}"] = p
+        # Batches of 1,000 right before the signal: the writer is still behind when it comes.
+        for b in range(20):
+            body = {"records": [BANK_RECORD | {"Age": 18 + (b + i) % 70} for i in range(1000)]}
+            r = http.post("/predict/batch", json=body, headers={"X-Request-ID": f"b{b}"})
+            for i, p in enumerate(r.json()["predictions"]):
+                answers[f"b{b}:{i}"] = p
         api.proc.send_signal(signal.SIGTERM)
         assert api.proc.wait(30) == 0
     rows = {r["request_id"]: r["outputs"] for r in read_log(logs, "bankchurn")}

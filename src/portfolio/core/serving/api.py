@@ -51,6 +51,7 @@ def create_app(
     app.state.holder = ctx.holder
     app.state.metrics = ctx.metrics
     app.state.monitor = ctx.monitor
+    app.state.prediction_log = ctx.prediction_log
     if ctx.settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,
