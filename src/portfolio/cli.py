@@ -462,6 +462,101 @@ def drift(
 
 
 @app.command()
+def feedback(
+    service: ServiceArg,
+    labels: Annotated[
+        Path, typer.Argument(help="CSV with columns request_id,label (the raw target's form).")
+    ],
+) -> None:
+    """Join true outcomes to the logged predictions by request id (PORTFOLIO_PREDICTION_LOG_DIR).
+    Unknown ids, duplicate ids (the last wins) and invalid rows are counted and reported."""
+    from portfolio.core.monitoring.feedback import FeedbackInputError, record_feedback
+
+    settings = _settings()
+    spec = _spec(service)
+    try:
+        report = record_feedback(spec, settings.resolved_prediction_log_dir, labels)
+    except FeedbackInputError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    print(json.dumps(report, indent=2))
+    console.print(
+        f"{report['joined']} labels joined, {report['unknown_ids']} unknown ids, "
+        f"{report['duplicate_ids']} duplicate ids (last wins), {report['invalid_rows']} invalid rows "
+        f"of {report['rows_in_file']}"
+    )
+
+
+@app.command()
+def performance(
+    service: ServiceArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON report.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only predictions made from this date/time on (ISO 8601, UTC).")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="HTML report (default: OUTPUT with .html).")] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="`degraded` rule: share of the hold-out figure allowed to be lost.")
+    ] = 0.05,
+) -> None:
+    """Realized metrics (95% bootstrap intervals) of the served versions on labelled predictions,
+    beside their hold-out figures, with `degraded`; JSON + HTML, and the API's /metrics."""
+    from datetime import UTC, datetime
+
+    from portfolio.core import registry
+    from portfolio.core.monitoring.performance import performance_report, save_latest, write_html
+
+    settings = _settings()
+    spec = _spec(service)
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            console.print(f"[red]--since: not an ISO 8601 date/time: {since!r}[/red]")
+            raise typer.Exit(2) from None
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    if not 0 <= tolerance < 1:
+        console.print(f"[red]--tolerance: must be in [0, 1), not {tolerance}[/red]")
+        raise typer.Exit(2)
+    registry.configure(settings)
+    try:
+        report = performance_report(
+            spec,
+            settings.resolved_prediction_log_dir,
+            since=start,
+            rounds=settings.bootstrap_rounds,
+            seed=settings.seed,
+            tolerance=tolerance,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _write_text(output, json.dumps(report, indent=2))
+    html_path = write_html(report, html or output.with_suffix(".html"))
+    save_latest(report, settings.resolved_prediction_log_dir)
+    t = Table(title=f"{spec.name}: realized performance ({report['rows']} labelled predictions)")
+    for col in ("version", "rows", "metric", "realized [95% CI]", "hold-out", "degraded"):
+        t.add_column(col)
+    for version, v in report["versions"].items():
+        for name, m in v["metrics"].items():
+            hold = (v["holdout_metrics"] or {}).get(name) or {}
+            real = (
+                "n/a" if m["value"] is None else f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+            )
+            t.add_row(
+                version,
+                str(v["rows"]),
+                name,
+                real,
+                "" if hold.get("value") is None else f"{hold['value']:.4f}",
+                "yes" if v["degraded"] else "no",
+            )
+    out.print(t)
+    out.print(f"{report['degraded_reason']} → {output}, {html_path}")
+
+
+@app.command()
 def explain(
     service: ServiceArg,
     record: Annotated[str, typer.Argument(help="One record as JSON, or a path to a .json file.")],

@@ -16,6 +16,7 @@ from pydantic import Field as PydField
 
 from portfolio.core.logs import request_id
 from portfolio.core.monitoring.live import DriftCollector, LiveMonitor
+from portfolio.core.monitoring.performance import RealizedCollector, latest_path
 from portfolio.core.monitoring.predictions import PredictionLog
 from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
 from portfolio.core.serving.errors import AccessDenied, ModelUnavailable
@@ -49,6 +50,10 @@ class ServingContext:
             max_bytes=settings.prediction_log_max_bytes,
             queue_size=settings.prediction_log_queue,
             registry=self.metrics.registry,
+        )
+        # The latest `portfolio performance` report of the service, served at /metrics.
+        self.metrics.registry.register(
+            RealizedCollector(spec.name, latest_path(settings.resolved_prediction_log_dir, spec.name))
         )
         self.score_key = "probability" if spec.task == "classification" else spec.target
         self.Record: type[BaseModel] = request_model(f"{spec.name.title()}Record", spec.fields)
