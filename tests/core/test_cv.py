@@ -68,7 +68,8 @@ def test_threshold_never_sees_the_labels_it_is_measured_on() -> None:
     # ...while the fit rows' labels do move it.
     moved = y.copy()
     moved[fit_rows] = 1 - moved[fit_rows]
-    assert fold_metrics(synthetic.CLASSIFIER, moved, scores, fit_rows, test_rows)["threshold"] != a["threshold"]
+    moved_threshold = fold_metrics(synthetic.CLASSIFIER, moved, scores, fit_rows, test_rows)["threshold"]
+    assert moved_threshold != a["threshold"]
 
 
 def test_regressor_interval_is_calibrated_on_the_other_folds(settings: Settings) -> None:

@@ -90,7 +90,8 @@ def to_markdown(estimates: Sequence[CVEstimate]) -> str:
         cells = []
         for m in names:
             mean, v = e.mean(m), e.metrics[m]
-            cells.append(f"{_fmt(mean, mean)} ± {_fmt(e.std(m), mean)} ({_fmt(min(v), mean)}-{_fmt(max(v), mean)})")
+            spread = f"({_fmt(min(v), mean)}-{_fmt(max(v), mean)})"
+            cells.append(f"{_fmt(mean, mean)} ± {_fmt(e.std(m), mean)} {spread}")
         lines.append(f"| {e.candidate} | {e.repeats} x {e.folds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
