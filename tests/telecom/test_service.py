@@ -17,7 +17,7 @@ from sklearn.ensemble import VotingClassifier
 from portfolio.core import registry
 from portfolio.core.inference import Predictor
 from portfolio.core.schema import validate_frame
-from portfolio.telecom.spec import MIN_RECALL, SPEC
+from portfolio.telecom.spec import MIN_PRECISION, MIN_RECALL, SPEC
 from tests.core.parity import assert_fast_path_parity
 from tests.helpers import ROOT
 from tests.live import TrainedService, live_api
@@ -63,7 +63,9 @@ def test_compiled_fast_path_matches_the_registered_model(telecom_trained: Traine
 
 def test_threshold_reaches_the_recall_target_out_of_fold(telecom_trained: TrainedService) -> None:
     cv = telecom_trained.outcome.cv
-    assert cv["recall"]["value"] >= MIN_RECALL >= 0.80
+    # Both targets, each with room on the rows the threshold was chosen on.
+    assert cv["recall"]["value"] > MIN_RECALL >= 0.80
+    assert cv["precision"]["value"] > MIN_PRECISION >= 0.50
     # Sanity of the ranking quality (issue target on unseen data: ROC-AUC ≥ 0.855).
     assert cv["roc_auc"]["value"] > 0.83
     assert cv["precision"]["value"] > 0.45
