@@ -367,6 +367,10 @@ def cv_cmd(
         with Progress(*columns, console=console) as bar:
             for name in names:
                 task = bar.add_task(f"{spec.name}: repeated CV {name}", total=None)
+
+                def show(desc: str, done: int, total: int, task: Any = task) -> None:
+                    bar.update(task, completed=done, total=total)
+
                 try:
                     estimates.append(
                         repeated_cv(
@@ -376,7 +380,7 @@ def cv_cmd(
                             dict(all_params.get(name) or {}),
                             repeats=repeats,
                             folds=folds,
-                            progress=lambda d, i, n, task=task: bar.update(task, completed=i, total=n),
+                            progress=show,
                         )
                     )
                 except ValueError as exc:
