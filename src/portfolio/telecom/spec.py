@@ -54,8 +54,8 @@ SEED = 42
 # out-of-fold predictions (ThresholdPolicy "recall_precision"): the two targets trade off (each
 # point of recall costs about 0.6 points of precision here), so a threshold that meets one exactly
 # leaves no margin for it and one that meets it with room takes the room from the other.
-# Measured with `portfolio cv telecom` (each fold's threshold chosen on the other folds' scores,
-# 4 repeats x 5 folds of ~1,200 customers, 2026-12-06): recall 0.8175 ± 0.0235, precision
+# Measured with the core's repeated CV (core/cv.py: each fold's threshold chosen on the other
+# folds' scores; 4 repeats x 5 folds of ~1,200 customers, 2026-12-06): recall 0.8175 ± 0.0235, precision
 # 0.5173 ± 0.0163; both targets held on 0.53 of 1,050-customer resamples of the folds (the size of
 # a 15% sample), against 0.43 / 0.49 / 0.51 / 0.49 / 0.43 for the old rule "best precision at
 # recall >= 0.80 / 0.81 / 0.82 / 0.83 / 0.84". That is the limit of this model: at recall 0.80 its
