@@ -29,6 +29,7 @@ import numpy as np
 from portfolio.core import evaluation as ev
 from portfolio.core.data import load_training_data
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
+from portfolio.core.learning_curve import format_figure
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.core.training import Progress, cross_validate, cv_splitter, no_progress
@@ -90,15 +91,10 @@ def to_markdown(estimates: Sequence[CVEstimate]) -> str:
         cells = []
         for m in names:
             mean, v = e.mean(m), e.metrics[m]
-            spread = f"({_fmt(min(v), mean)}-{_fmt(max(v), mean)})"
-            cells.append(f"{_fmt(mean, mean)} ± {_fmt(e.std(m), mean)} {spread}")
+            spread = f"({format_figure(min(v), mean)}-{format_figure(max(v), mean)})"
+            cells.append(f"{format_figure(mean, mean)} ± {format_figure(e.std(m), mean)} {spread}")
         lines.append(f"| {e.candidate} | {e.repeats} x {e.folds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value: float, scale: float) -> str:
-    """Dollar-sized figures (RMSE, MAE, width) as whole numbers, scores to 4 decimals."""
-    return f"{value:,.0f}" if abs(scale) >= 100 else f"{value:.4f}"
 
 
 def fold_metrics(
