@@ -176,7 +176,7 @@ def _copy_state(source: Settings, target: Path) -> Settings:
 
 # v2 of the hot-swap tests: a deliberately different (and weaker) model, so that its answers
 # differ from v1's and the gate keeps it a challenger until the test promotes it.
-V2_PARAMS = {
+DIFFERENT_PARAMS = {
     "candidates": {
         "xgboost": {"n_estimators": 25, "max_depth": 2, "learning_rate": 0.1},
         "logistic_baseline": {"C": 1.0},
@@ -191,16 +191,17 @@ def swap_state(bank_state: Settings, tmp_path_factory: pytest.TempPathFactory) -
 
     settings = _copy_state(bank_state, tmp_path_factory.mktemp("swap"))
     quick = settings.model_copy(update={"cv_folds": 2, "bootstrap_rounds": 50})
-    outcome = train_service(SPEC, quick, params=V2_PARAMS)
+    outcome = train_service(SPEC, quick, params=DIFFERENT_PARAMS)
     assert (outcome.version, outcome.alias) == ("2", "challenger"), outcome.summary()
     return settings
 
 
-def _probability(settings: Settings, version: str) -> float:
-    """RECORD's probability from the registered pipeline of ``version`` (not the serving path)."""
+def pipeline_probabilities(settings: Settings, version: str, records: list[dict[str, Any]]) -> list[float]:
+    """The records' probabilities from the registered pipeline of ``version`` itself (not the
+    API's compiled fast path)."""
     model = registry.load_version(SPEC, settings, version).model
-    typed = validate_frame(pd.DataFrame([RECORD]), SPEC.fields).frame
-    return float(model.predict_proba(typed[SPEC.feature_names])[0, 1])
+    typed = validate_frame(pd.DataFrame(records), SPEC.fields).frame
+    return [float(p) for p in model.predict_proba(typed[SPEC.feature_names])[:, 1]]
 
 
 @pytest.mark.parametrize("mechanism", ["admin-reload", "poll"])
@@ -210,7 +211,7 @@ def test_hot_swap_under_load_without_restart_or_failed_request(
     """Promoting v2 swaps the served model itself, not just its label: every answer labelled v2
     is v2's probability for the record, every v1 answer v1's, and no request fails."""
     settings = _copy_state(swap_state, tmp_path)
-    expected = {v: _probability(settings, v) for v in ("1", "2")}
+    expected = {v: pipeline_probabilities(settings, v, [RECORD])[0] for v in ("1", "2")}
     assert abs(expected["1"] - expected["2"]) > 0.01, expected  # the two models answer differently
     extra = {"PORTFOLIO_ADMIN_API_KEYS": ADMIN_KEY}
     if mechanism == "poll":
