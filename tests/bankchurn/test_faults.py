@@ -199,6 +199,7 @@ def swap_state(bank_state: Settings, tmp_path_factory: pytest.TempPathFactory) -
 def pipeline_probabilities(settings: Settings, version: str, records: list[dict[str, Any]]) -> list[float]:
     """The records' probabilities from the registered pipeline of ``version`` itself (not the
     API's compiled fast path)."""
+    registry.configure(settings)
     model = registry.load_version(SPEC, settings, version).model
     typed = validate_frame(pd.DataFrame(records), SPEC.fields).frame
     return [float(p) for p in model.predict_proba(typed[SPEC.feature_names])[:, 1]]
@@ -233,6 +234,7 @@ def test_hot_swap_under_load_without_restart_or_failed_request(
                 assert r.status_code == 200, r.text
                 assert r.json() == {"reloaded": True, "model_version": "2"}
             else:  # what `portfolio promote` calls (in-process: a CLI start costs ~20 s here)
+                registry.configure(settings)
                 registry.promote(SPEC.name, new)
             load.wait_for("2", 50)
         assert api.proc.poll() is None and process.create_time() == started  # same process, no restart
