@@ -40,10 +40,14 @@ SHOWN = """(() => {
     const value = m.querySelector('[data-testid=stMetricValue]');
     if (label && value) metrics[label.innerText.trim()] = value.innerText.trim();
   }
+  // A trace's array is a plain array or, from Plotly 6 on, {dtype, bdata} (base64 of its values).
+  const bytes = {i1: 1, u1: 1, i2: 2, u2: 2, i4: 4, u4: 4, f4: 4, f8: 8};
+  const size = v => !v ? 0 : v.length !== undefined ? v.length
+    : v.bdata ? Math.floor(atob(v.bdata).length / (bytes[v.dtype] || 8)) : 0;
   const charts = [...panel.querySelectorAll('.js-plotly-plot')].map(c => {
     const r = c.getBoundingClientRect();
     const points = (c.data || []).reduce((n, t) =>
-      n + Math.max(...['x', 'y', 'values', 'z'].map(k => (t[k] && t[k].length) || 0)), 0);
+      n + Math.max(...['x', 'y', 'values', 'z'].map(k => size(t[k]))), 0);
     return {width: r.width, height: r.height, traces: (c.data || []).length, points,
             drawn: c.querySelectorAll('.main-svg').length};
   });
