@@ -194,7 +194,8 @@ def test_cli_drift_against_the_champions_reference(
     assert r.exit_code == 0, r.output
     same = json.loads((tmp_path / "a.json").read_text())
     assert same["drift_detected"] is False and same["current"]["rows"] == 500
-    assert same["reference"]["source"] == "training split" and same["model_version"] == "1"
+    assert same["reference"]["source"] == "all rows (refit after evaluation)"  # BankChurn: refit_full
+    assert same["model_version"] == "1"
     assert same["prediction"]["psi"] < 0.1
     assert (tmp_path / "a.html").exists()
 
