@@ -38,10 +38,8 @@ from portfolio.core.monitoring.performance import (
 from portfolio.core.monitoring.predictions import PredictionLog, read_log
 from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
-from portfolio.core.training.train import train_service
 from portfolio.plan.spec import SPEC as PLAN
 from portfolio.telecom.spec import SPEC as TELECOM
-from tests.conftest import make_settings
 from tests.support import synthetic
 from tests.support.helpers import wait_ready
 from tests.support.live import live_api, state_env
@@ -233,16 +231,6 @@ def test_realized_metrics_equal_those_of_the_apis_answers(
     served = next(s for s in scrape.splitlines() if s.startswith(line))
     assert float(served.split()[-1]) == pytest.approx(m["roc_auc"]["value"])
     assert f'portfolio_realized_rows{{model_version="{version}",service="bankchurn"}} 400.0' in scrape
-
-
-@pytest.fixture(scope="module")
-def synth_regressor(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    root = tmp_path_factory.mktemp("synthreg")
-    (root / "data").mkdir()
-    synthetic.write_csv(root / "data" / "synth.csv", n=600)
-    settings = make_settings(root / "state", data_dir=root / "data", cv_folds=3)
-    train_service(synthetic.REGRESSOR, settings)
-    return settings
 
 
 @pytest.fixture
