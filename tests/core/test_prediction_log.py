@@ -92,15 +92,19 @@ class _StalledLog(PredictionLog):
 
 def test_a_full_queue_drops_records_and_counts_them(tmp_path: Path) -> None:
     reg = CollectorRegistry()
-    plog = _StalledLog(tmp_path, "svc", queue_size=2, registry=reg)
-    for i in range(6):  # 1 taken by the writer, 2 queued, 3 dropped (2 records each)
+    plog = _StalledLog(tmp_path, "svc", queue_size=5, registry=reg)
+    for i in range(6):  # 2 records each: r0 (being written) and r1 fit in 5, r2-r5 are dropped
         plog.submit(f"r{i}", "1", "compiled", {"a": [1, 2]}, [{"s": 1}, {"s": 2}], batch=True)
-        time.sleep(0.05)
-    assert _counter(reg, "dropped_queue_full") == 6
+    assert _counter(reg, "dropped_queue_full") == 8
     plog.release.set()
     plog.close()
-    assert len(list(read_log(tmp_path, "svc"))) == 6
-    assert _counter(reg, "written") == 6
+    assert [r["request_id"] for r in read_log(tmp_path, "svc")] == ["r0:0", "r0:1", "r1:0", "r1:1"]
+    assert _counter(reg, "written") == 4
+    # Nothing waits any more: a request larger than the whole queue is still taken.
+    big = PredictionLog(tmp_path / "big", "svc", queue_size=5, registry=CollectorRegistry())
+    big.submit("b", "1", "compiled", {"a": list(range(50))}, [{"s": 1}] * 50, batch=True)
+    big.close()
+    assert len(list(read_log(tmp_path / "big", "svc"))) == 50
 
 
 def test_the_api_logs_what_it_answered(synth_trained: Settings, tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         default=64 << 20, ge=1024, description="Prediction log: a new file once one is this large."
     )
     prediction_log_queue: int = Field(
-        default=10_000, ge=1, description="Prediction log: requests waiting for the writer at most."
+        default=100_000, ge=1, description="Prediction log: records waiting for the writer at most."
     )
     batch_chunk_rows: int = Field(default=100_000, ge=1, description="CSV rows per chunk in predict.")
 

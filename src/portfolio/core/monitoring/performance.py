@@ -177,14 +177,14 @@ def performance_report(
         bad, why = degraded(spec, realized, holdout, tolerance)
         versions[version] = {
             "rows": len(vrows),
-            "first": vrows[0]["ts"],
-            "last": vrows[-1]["ts"],
+            "first": min(r["ts"] for r in vrows),
+            "last": max(r["ts"] for r in vrows),
             "metrics": realized,
             "holdout_metrics": holdout,
             "degraded": bad,
             "degraded_reason": why,
         }
-    current = str(rows[-1]["model_version"])
+    current = str(max(rows, key=lambda r: r["ts"])["model_version"])  # files of processes interleave
     top = versions[current]
     return _finite(
         {

@@ -20,7 +20,7 @@ flushes the file.
 
 What a crash can lose at most: the writer flushes to the OS each time the queue runs empty, so a
 killed process (SIGKILL, OOM) loses at most the requests still queued (≤
-``PORTFOLIO_PREDICTION_LOG_QUEUE``) plus the lines written since the last flush, i.e. what arrived
+``PORTFOLIO_PREDICTION_LOG_QUEUE`` records) plus the lines written since the last flush, i.e. what arrived
 while the writer was busy; a machine crash also loses what the OS had not written to disk yet
 (no fsync).
 """
@@ -57,7 +57,8 @@ class PredictionLog:
         service: The service's name.
         sample: Share of records logged (0 turns the log off: no thread, no file).
         max_bytes: Rotate to a new file once the current one is larger.
-        queue_size: Requests (not records) waiting for the writer at most.
+        queue_size: Records waiting for the writer at most (a request larger than that is
+            still taken when nothing waits, so a big batch is never refused for its size alone).
         registry: Where the records counter is registered (the API's /metrics registry).
     """
 
@@ -81,10 +82,14 @@ class PredictionLog:
             registry=registry,
         )
         self._counters = {o: self.records.labels(service, o) for o in OUTCOMES}
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
+        # Bounded in records, not requests: a batch of 1,000 costs as much memory as 1,000 requests.
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._limit = queue_size
+        self._pending = 0
         self._file: IO[bytes] | None = None
         # Start time first (files sort in time order), then what tells processes and logs apart.
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
         self._series = f"{service}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._part = itertools.count()
         self._rng = random.Random()
@@ -122,11 +127,17 @@ class PredictionLog:
             return
         if self._thread is None:
             self._start()
-        item = (time.time(), request_id, model_version, inference, inputs, outputs, batch, index)
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self._counters["dropped_queue_full"].inc(len(outputs))
+        n = len(outputs)
+        with self._lock:
+            full = self._pending > 0 and self._pending + n > self._limit
+            if not full:
+                self._pending += n
+        if not full:
+            self._queue.put_nowait(
+                (time.time(), request_id, model_version, inference, inputs, outputs, batch, index)
+            )
+        else:
+            self._counters["dropped_queue_full"].inc(n)
             if not self._warned_full:
                 self._warned_full = True
                 log.warning("%s: prediction log queue full; records dropped (counted)", self.service)
@@ -153,7 +164,11 @@ class PredictionLog:
             item = self._queue.get()
             if item is _STOP:
                 break
-            self._write(item)
+            try:
+                self._write(item)
+            finally:
+                with self._lock:
+                    self._pending -= len(item[5])
             if self._queue.empty() and self._file is not None:
                 self._file.flush()  # idle: what was written is in the OS now
         if self._file is not None:
