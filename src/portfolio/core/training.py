@@ -22,7 +22,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import yaml
-from mlflow.models import infer_signature
+import skops.io as sio
 from sklearn.base import BaseEstimator
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import (
@@ -33,10 +33,13 @@ from sklearn.model_selection import (
 )
 
 from portfolio.core import evaluation as ev
+from portfolio.core import mlflow_model
 from portfolio.core import registry
-from portfolio.core.data import Dataset, load_training_data
+from portfolio.core.batch import BatchReport, score_chunk
+from portfolio.core.data import Dataset, load_training_data, read_raw_csv
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.fairness import log_fairness
+from portfolio.core.inference import Predictor
 from portfolio.core.model_card import write_model_card
 from portfolio.core.monitoring import log_training_insights
 from portfolio.core.settings import Settings
@@ -386,22 +389,28 @@ def train_service(
                     "service": spec.name,
                 }
             )
+            # Lineage in the MLflow UI: the file the model was trained on, by name and DVC md5.
+            dataset = mlflow.data.from_pandas(
+                ds.X.assign(**{spec.target: ds.y}),
+                targets=spec.target,
+                name=ds.path.name,
+                digest=ds.md5,
+            )
+            mlflow.log_input(
+                dataset,
+                context="training",
+                tags={"md5": ds.md5, "rows_in_file": str(len(ds.validation.frame)), "rows_used": str(len(ds.X))},
+            )
 
-            example = X_train.head(5)
-            signature = infer_signature(example, served.predict(example))
-            info = mlflow.sklearn.log_model(
-                served,
-                name="model",
-                serialization_format="skops",
-                skops_trusted_types=registry.trusted_types(spec),
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-            )
-            local = Path(
-                mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "m"))
-            )
-            sha = registry.sha256_file(local / registry.MODEL_FILE)
+            # The registered model is the service's pyfunc (mlflow_model.py): the skops file of
+            # the fitted pipeline, its checksum, and the code that gives the CLI's outputs.
+            model_file = tmp / registry.MODEL_FILE
+            sio.dump(served, model_file)
+            sha = registry.sha256_file(model_file)
+            example = read_raw_csv(ds.path).loc[X_train.index[:5], spec.feature_names]
+            loaded = registry.LoadedModel(spec.name, "", served, sha, None)
+            output_example = score_chunk(Predictor(spec, loaded, compile=False), example, BatchReport())
+            info = mlflow_model.log_model(spec, model_file, sha, example, output_example)
             mlflow.set_tag("model_sha256", sha)
 
             candidates_table = {
@@ -524,9 +533,3 @@ def champion_gate(
     registry.set_alias(spec.name, registry.CHALLENGER, new_version)
     return result | {"alias": registry.CHALLENGER, "reason": f"{metric} worse than champion ({note})"}
 
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    pkgs = ["scikit-learn", "xgboost", "skops", "pandas", "numpy", "imbalanced-learn"]
-    return [f"{p}=={version(p)}" for p in pkgs] + ["ml-mlops-portfolio"]
