@@ -49,7 +49,9 @@ def test_no_cache_and_no_server_means_not_ready(tmp_path: Path) -> None:
 
 def test_tampered_cache_is_refused_and_reported(synth_trained: Settings) -> None:
     loaded = registry.load_champion(synthetic.CLASSIFIER, synth_trained)
-    cached = next((synth_trained.model_cache_dir / "synthclf" / f"v{loaded.version}").rglob(registry.MODEL_FILE))
+    cached = next(
+        (synth_trained.model_cache_dir / "synthclf" / f"v{loaded.version}").rglob(registry.MODEL_FILE)
+    )
     original = cached.read_bytes()
     try:
         cached.write_bytes(original[:-10] + b"0123456789")

@@ -120,7 +120,9 @@ class ServiceModel(mlflow.pyfunc.PythonModel):
         loaded = LoadedModel(self.spec.name, str(config.get("version", "")), model, sha, None)
         self.predictor = Predictor(self.spec, loaded)
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
         """Score raw rows: one output row per input row, same order and index.
 
         Args:

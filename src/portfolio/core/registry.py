@@ -242,7 +242,9 @@ def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> L
     if not expected:
         raise ModelIntegrityError(f"{spec.name} v{mv.version} has no sha256 tag: refused")
     target = _cache_dir(settings, spec.name, str(mv.version))
-    model_file = next((f for f in (target / MODEL_FILE, target / "artifacts" / MODEL_FILE) if f.exists()), None)
+    model_file = next(
+        (f for f in (target / MODEL_FILE, target / "artifacts" / MODEL_FILE) if f.exists()), None
+    )
     if model_file is None or sha256_file(model_file) != expected:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

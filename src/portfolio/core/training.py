@@ -21,8 +21,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
-import yaml
 import skops.io as sio
+import yaml
 from sklearn.base import BaseEstimator
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import (
@@ -33,8 +33,7 @@ from sklearn.model_selection import (
 )
 
 from portfolio.core import evaluation as ev
-from portfolio.core import mlflow_model
-from portfolio.core import registry
+from portfolio.core import mlflow_model, registry
 from portfolio.core.batch import BatchReport, score_chunk
 from portfolio.core.data import Dataset, load_training_data, read_raw_csv
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
@@ -399,7 +398,11 @@ def train_service(
             mlflow.log_input(
                 dataset,
                 context="training",
-                tags={"md5": ds.md5, "rows_in_file": str(len(ds.validation.frame)), "rows_used": str(len(ds.X))},
+                tags={
+                    "md5": ds.md5,
+                    "rows_in_file": str(len(ds.validation.frame)),
+                    "rows_used": str(len(ds.X)),
+                },
             )
 
             # The registered model is the service's pyfunc (mlflow_model.py): the skops file of
@@ -532,4 +535,3 @@ def champion_gate(
         return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion ({note})"}
     registry.set_alias(spec.name, registry.CHALLENGER, new_version)
     return result | {"alias": registry.CHALLENGER, "reason": f"{metric} worse than champion ({note})"}
-
