@@ -32,7 +32,7 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, ColSpec, DataType, Schema
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
 
 from portfolio.core.spec import ServiceSpec
 
@@ -201,7 +201,11 @@ def log_model(
     import portfolio
 
     ref = spec_reference(spec)
-    signature = ModelSignature(inputs=input_schema(spec), outputs=output_schema(output_example))
+    signature = ModelSignature(
+        inputs=input_schema(spec),
+        outputs=output_schema(output_example),
+        params=ParamSchema([ParamSpec("explain", DataType.boolean, True)]),
+    )
     return mlflow.pyfunc.log_model(
         name="model",
         python_model=str(ENTRY_FILE),
