@@ -241,12 +241,20 @@ def test_mlflow_models_serve_answers_as_predict_batch(trained: TrainedService, t
             "-w",
             "1",
         ],
-        env={**os.environ, **trained.env()},
+        # MLflow starts `uvicorn` by name: this environment's bin first on PATH.
+        env={
+            **os.environ,
+            **trained.env(),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        },
         log_file=tmp_path / "mlflow-serve.log",
         cwd=ROOT,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/ping", timeout=300, proc=proc)
+        try:
+            wait_http(f"http://127.0.0.1:{port}/ping", timeout=300, proc=proc)
+        except RuntimeError as exc:
+            raise AssertionError(f"{exc}: {(tmp_path / 'mlflow-serve.log').read_text()[-3000:]}") from None
         served = httpx.post(
             f"http://127.0.0.1:{port}/invocations", json={"dataframe_records": records}, timeout=120
         )

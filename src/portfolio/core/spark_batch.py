@@ -141,7 +141,7 @@ def _merge_errors(spec: ServiceSpec) -> Any:
     order = F.create_map(*chain.from_iterable((F.lit(f.name), F.lit(i)) for i, f in enumerate(spec.fields)))
 
     def parts(col: Any) -> Any:
-        return F.filter(F.split(F.coalesce(col, F.lit("")), "; "), lambda m: m != "")
+        return F.filter(F.split(F.coalesce(col, F.lit("")), "; "), lambda m: (m != "") & (m != "None"))
 
     def position(m: Any) -> Any:
         return F.coalesce(F.element_at(order, F.substring_index(m, ":", 1)), F.lit(len(spec.fields)))
@@ -178,16 +178,36 @@ def predict_spark(
     """
     import mlflow.pyfunc
     from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
 
     df = conform(read_input(spark, input_path), spec)
-    udf = mlflow.pyfunc.spark_udf(spark, model_uri, env_manager="local", params={"explain": explain})
+    # Whole-number outputs travel as double: MLflow casts a long result with numpy, which has no
+    # missing value for the empty predictions of invalid rows. They are longs again below.
+    signature = mlflow.models.get_model_info(model_uri).signature
+    kinds = {c.name: str(c.type.name) for c in signature.outputs.inputs}
+    result_type = StructType(
+        [StructField(n, StringType() if k == "string" else DoubleType()) for n, k in kinds.items()]
+    )
+    udf = mlflow.pyfunc.spark_udf(
+        spark, model_uri, result_type=result_type, env_manager="local", params={"explain": explain}
+    )
     names = [f.name for f in spec.fields if f.name in df.columns]
     scored = df.withColumn(_OUT, udf(F.struct(*[F.col(f"`{n}`") for n in names])))
     error = _merge_errors(spec)
     failed = (F.col(_PRE) != "") | (F.col(_REQ) != "")
     outputs = [c for c in output_columns(spec) if c != "error"]
+
+    def value(name: str) -> Any:
+        col = F.col(f"{_OUT}.{name}")
+        if kinds[name] == "string":
+            # MLflow turns a text result into str with numpy: a missing value arrives as "None"
+            # (no output text of ours is ever that word).
+            return F.when(col != "None", col)
+        col = F.nanvl(col, F.lit(None))  # NaN (an invalid row) → empty, as in the CLI
+        return col.cast(LongType()) if kinds[name] == "long" else col
+
     out = scored.select(
-        *[F.when(failed, F.lit(None)).otherwise(F.col(f"{_OUT}.{c}")).alias(c) for c in outputs],
+        *[F.when(failed, F.lit(None)).otherwise(value(c)).alias(c) for c in outputs],
         error.alias("error"),
     )
     writer = out.write.mode("overwrite")
