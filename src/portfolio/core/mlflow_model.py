@@ -32,7 +32,8 @@ from typing import Any
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import AnyType, ColSpec, DataType, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from portfolio.core.spec import ServiceSpec
 
@@ -70,7 +71,7 @@ def input_schema(spec: ServiceSpec) -> Schema:
     column with a gap reads as float64, an all-empty text column as float64, TotalCharges' blanks
     as text), so it is ``any`` and the model's own validation types it; optional fields may be
     left out."""
-    cols = []
+    cols: list[ColSpec | TensorSpec] = []
     for f in spec.fields:
         if f.allows_null:
             t: Any = AnyType()
@@ -94,7 +95,7 @@ def output_columns(spec: ServiceSpec) -> list[str]:
 def output_schema(frame: pd.DataFrame) -> Schema:
     """Output columns with their types; every one may be empty (an invalid row, or
     ``top_factors`` without explanations)."""
-    cols = []
+    cols: list[ColSpec | TensorSpec] = []
     for name in frame.columns:
         dtype = frame[name].dtype
         if pd.api.types.is_float_dtype(dtype):
@@ -107,7 +108,7 @@ def output_schema(frame: pd.DataFrame) -> Schema:
     return Schema(cols)
 
 
-class ServiceModel(mlflow.pyfunc.PythonModel):
+class ServiceModel(PythonModel):
     """A service's champion behind MLflow's pyfunc interface (see the module docstring)."""
 
     def load_context(self, context: Any) -> None:

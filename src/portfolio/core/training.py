@@ -389,7 +389,7 @@ def train_service(
                 }
             )
             # Lineage in the MLflow UI: the file the model was trained on, by name and DVC md5.
-            dataset = mlflow.data.from_pandas(
+            dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
                 ds.X.assign(**{spec.target: ds.y}),
                 targets=spec.target,
                 name=ds.path.name,
