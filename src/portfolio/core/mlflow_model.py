@@ -154,6 +154,9 @@ def requirements(spec_ref: str) -> tuple[str, ...]:
     project (its code travels with the model)."""
     probe = (
         "import importlib, json, sys\n"
+        # Test tooling that libraries import only when it is there (scikit-learn's testing
+        # helpers): a consumer does not have it, and must not be asked to install it.
+        "sys.modules.update(dict.fromkeys(('pytest', '_pytest', 'coverage')))\n"
         "import mlflow\n"
         "base = set(sys.modules)\n"
         "importlib.import_module('portfolio.core.mlflow_model')\n"
