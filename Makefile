@@ -25,7 +25,9 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 data: $(STAMP) ## Pull the raw CSVs from the DVC remote (../shared/dvc-store) when missing
-	@for f in data/raw/*.dvc; do test -f "$${f%.dvc}" || { $(BIN)/dvc pull -q && break; }; done
+	@# One pull fetches every missing file; a failed pull stops make (a loop's status is only
+	@# its last iteration's, so the failure must exit the shell itself).
+	@for f in data/raw/*.dvc; do test -f "$${f%.dvc}" || { $(BIN)/dvc pull -q || exit 1; break; }; done
 
 run: install ## Train what has no champion, start MLflow + the APIs; Ctrl-C stops all
 	$(BIN)/portfolio up

@@ -66,8 +66,16 @@ def test_cross_validated_quality_and_stored_threshold(bank_state: Settings) -> N
     mv = registry.champion_version("bankchurn")
     assert mv is not None
     metrics = MlflowClient().get_run(mv.run_id).data.metrics
-    assert metrics["cv_roc_auc"] >= 0.85
-    assert metrics["cv_f1"] >= 0.58
+    # Near what the training run measured on 2026-12-06 (default params, seed 42), less two sds of
+    # its sampling spread (the bootstrap 95% CI's width / 3.92): CV ROC-AUC 0.8674 [0.8581,
+    # 0.8759], F1 0.6375 [0.6190, 0.6555]; hold-out (1,700 rows) ROC-AUC 0.8570 [0.8333, 0.8740].
+    for key, measured, ci_low, ci_high in (
+        ("cv_roc_auc", 0.8674, 0.8581, 0.8759),
+        ("cv_f1", 0.6375, 0.6190, 0.6555),
+        ("test_roc_auc", 0.8570, 0.8333, 0.8740),
+    ):
+        sd = (ci_high - ci_low) / 3.92
+        assert metrics[key] >= measured - 2 * sd, (key, metrics[key], measured - 2 * sd)
     assert metrics["cv_roc_auc_ci_low"] < metrics["cv_roc_auc"] < metrics["cv_roc_auc_ci_high"]
     loaded = registry.load_champion(SPEC, bank_state)
     params = MlflowClient().get_run(mv.run_id).data.params

@@ -534,6 +534,13 @@ class RequestContextMiddleware:
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         token = request_id.set(rid)
         path = scope.get("path", "")
+        if log.isEnabledFor(logging.DEBUG) and path not in _UNLOGGED:
+            # At DEBUG only (one level check per request otherwise): the id of every request the
+            # app began, so that a request that was begun can be told from one never read (the
+            # graceful-shutdown test matches these against the answers its clients got).
+            log.debug(
+                "accepted", extra={"service": self.service, "method": scope.get("method"), "path": path}
+            )
         start = time.perf_counter()
         status_holder = {"status": 500}
         length = headers.get(b"content-length")
@@ -580,7 +587,7 @@ class RequestContextMiddleware:
                 )
             children[0].inc()
             children[1].observe(elapsed)
-            if endpoint not in ("/health", "/metrics", "/ready"):
+            if endpoint not in _UNLOGGED:
                 log.info(
                     "request",
                     extra={
@@ -594,6 +601,7 @@ class RequestContextMiddleware:
             request_id.reset(token)
 
 
+_UNLOGGED = frozenset({"/health", "/metrics", "/ready"})  # probes and scrapes: no access log
 _KNOWN = {
     "/health",
     "/ready",
