@@ -211,6 +211,8 @@ def _records(spec: ServiceSpec, frame: pd.DataFrame) -> list[dict[str, Any]]:
                 clean[f.name] = None
             elif f.kind == "int":
                 clean[f.name] = int(v)
+            elif f.kind == "float":  # TotalCharges: text in the raw file (its blanks)
+                clean[f.name] = float(v) if str(v).strip() else None
             elif isinstance(v, np.generic):
                 clean[f.name] = v.item()
             else:

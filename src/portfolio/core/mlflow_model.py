@@ -98,7 +98,9 @@ def output_schema(frame: pd.DataFrame) -> Schema:
     cols: list[ColSpec | TensorSpec] = []
     for name in frame.columns:
         dtype = frame[name].dtype
-        if pd.api.types.is_float_dtype(dtype):
+        if pd.api.types.is_bool_dtype(dtype):
+            t = DataType.boolean
+        elif pd.api.types.is_float_dtype(dtype):
             t = DataType.double
         elif pd.api.types.is_integer_dtype(dtype):
             t = DataType.long

@@ -178,11 +178,12 @@ def predict_spark(
     """
     import mlflow.pyfunc
     from pyspark.sql import functions as F
-    from pyspark.sql.types import DoubleType, LongType, StringType, StructField, StructType
+    from pyspark.sql.types import BooleanType, DoubleType, LongType, StringType, StructField, StructType
 
     df = conform(read_input(spark, input_path), spec)
-    # Whole-number outputs travel as double: MLflow casts a long result with numpy, which has no
-    # missing value for the empty predictions of invalid rows. They are longs again below.
+    # Whole-number and true/false outputs travel as double: MLflow casts a long or boolean result
+    # with numpy, which has no missing value for the empty predictions of invalid rows (a missing
+    # boolean would become True). They get their own type again below.
     signature = mlflow.models.get_model_info(model_uri).signature
     kinds = {c.name: str(c.type.name) for c in signature.outputs.inputs}
     result_type = StructType(
@@ -204,7 +205,9 @@ def predict_spark(
             # (no output text of ours is ever that word).
             return F.when(col != "None", col)
         col = F.nanvl(col, F.lit(None))  # NaN (an invalid row) → empty, as in the CLI
-        return col.cast(LongType()) if kinds[name] == "long" else col
+        if kinds[name] in ("long", "boolean"):
+            return col.cast(LongType() if kinds[name] == "long" else BooleanType())
+        return col
 
     out = scored.select(
         *[F.when(failed, F.lit(None)).otherwise(value(c)).alias(c) for c in outputs],
