@@ -141,7 +141,7 @@ def _merge_errors(spec: ServiceSpec) -> Any:
     order = F.create_map(*chain.from_iterable((F.lit(f.name), F.lit(i)) for i, f in enumerate(spec.fields)))
 
     def parts(col: Any) -> Any:
-        return F.filter(F.split(F.coalesce(col, F.lit("")), "; "), lambda m: (m != "") & (m != "None"))
+        return F.filter(F.split(F.coalesce(col, F.lit("")), "; "), lambda m: ~m.isin("", "None", "nan"))
 
     def position(m: Any) -> Any:
         return F.coalesce(F.element_at(order, F.substring_index(m, ":", 1)), F.lit(len(spec.fields)))
@@ -195,7 +195,9 @@ def predict_spark(
     names = [f.name for f in spec.fields if f.name in df.columns]
     scored = df.withColumn(_OUT, udf(F.struct(*[F.col(f"`{n}`") for n in names])))
     error = _merge_errors(spec)
-    failed = (F.col(_PRE) != "") | (F.col(_REQ) != "")
+    # An invalid row (its error from the model or from ``conform``) has empty predictions, as in
+    # the CLI, whatever MLflow's text conversion made of its missing values ("None", "nan").
+    failed = error.isNotNull()
     outputs = [c for c in output_columns(spec) if c != "error"]
 
     def value(name: str) -> Any:
