@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run test lint typecheck unit repro clean help bench soak
+.PHONY: install data run test lint typecheck unit repro clean help bench soak cv
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,10 @@ unit: install ## pytest only
 
 test: install lint typecheck ## lint + types + the whole test suite
 	$(BIN)/pytest
+
+CV_REPEATS ?= 3
+cv: install ## Repeated cross-validation estimate (mean ± sd over CV_REPEATS x 5 folds) of every service → reports/cv.json
+	nice -n 10 $(BIN)/portfolio cv all --repeats $(CV_REPEATS) --output reports/cv.json
 
 repro: install ## Run the DVC pipeline (validate → train → evaluate per service)
 	$(BIN)/dvc repro

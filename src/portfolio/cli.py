@@ -1,4 +1,4 @@
-"""`portfolio`: train, predict, evaluate, learning-curve, serve, promote, validate, drift, models,
+"""`portfolio`: train, predict, evaluate, learning-curve, cv, serve, promote, validate, drift, models,
 dashboard, up."""
 
 from __future__ import annotations
@@ -386,6 +386,69 @@ def learning_curve_cmd(
     out.print(curve.to_markdown())
     if output:
         _write_text(output, json.dumps(curve.summary(), indent=2))
+
+
+@app.command("cv")
+def cv_cmd(
+    service: Annotated[str, typer.Argument(help=f"Service: {', '.join(SERVICES)}, or all")],
+    candidate: Annotated[
+        str | None, typer.Option(help="One candidate model (default: every candidate of the service).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Repeats, each with its own shuffle into folds.")] = 3,
+    folds: Annotated[int | None, typer.Option(help="Folds per repeat (default PORTFOLIO_CV_FOLDS).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Repeated cross-validation estimate of each candidate on every usable row: threshold-free
+    metrics and the decision rule (threshold or interval, chosen on the other folds) as
+    mean ± sd (min-max) over repeats x folds. Params from params.yaml."""
+    from portfolio.core.cv import repeated_cv, to_markdown
+    from portfolio.core.training import load_params
+
+    settings = _settings()
+    specs = [get_spec(n) for n in SERVICES] if service == "all" else [_spec(service)]
+    if candidate is not None and len(specs) > 1:
+        console.print("[red]--candidate needs one service, not all[/red]")
+        raise typer.Exit(2)
+    results: dict[str, Any] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    for spec in specs:
+        names = [candidate] if candidate else list(spec.candidates)
+        all_params = load_params(spec.name, settings).get("candidates") or {}
+        estimates = []
+        with Progress(*columns, console=console) as bar:
+            for name in names:
+                task = bar.add_task(f"{spec.name}: repeated CV {name}", total=None)
+
+                def show(desc: str, done: int, total: int, task: Any = task) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                try:
+                    estimates.append(
+                        repeated_cv(
+                            spec,
+                            settings,
+                            name,
+                            dict(all_params.get(name) or {}),
+                            repeats=repeats,
+                            folds=folds,
+                            progress=show,
+                        )
+                    )
+                except ValueError as exc:
+                    console.print(f"[red]{exc}[/red]")
+                    raise typer.Exit(2) from None
+        best = max(
+            estimates,
+            key=lambda e: e.mean(spec.primary_metric) * (1 if spec.primary_higher_is_better else -1),
+        )
+        out.print(
+            f"{spec.title}: {best.rows:,} rows, {best.repeats} x {best.folds}-fold CV; "
+            f"best by mean {spec.primary_metric}: {best.candidate}\n"
+        )
+        out.print(to_markdown(estimates))
+        results[spec.name] = {"chosen": best.candidate, "candidates": [e.summary() for e in estimates]}
+    if output:
+        _write_text(output, json.dumps(results, indent=2))
 
 
 def _refit_holdout_note(spec: Any, version: str) -> str | None:

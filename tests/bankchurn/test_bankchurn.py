@@ -187,3 +187,27 @@ def test_cli_learning_curve(bank_state: Settings, tmp_path: Path) -> None:
     # Bad arguments exit 2 with the core's message (each message: tests/core/test_learning_curve.py).
     r = portfolio("learning-curve", "bankchurn", "--fractions", "0,1", settings=bank_state)
     assert r.returncode == 2 and "fractions must be in (0, 1], got [0.0]" in r.stderr
+
+
+def test_cli_cv(data_dir: Path, tmp_path: Path) -> None:
+    """`portfolio cv`: repeated CV on the real rows (no champion needed), a table and the JSON."""
+    settings = make_settings(tmp_path / "state")
+    out_json = tmp_path / "cv.json"
+    r = portfolio(
+        "cv", "bankchurn", "--candidate", "logistic_baseline", "--repeats", "2", "--folds", "3",
+        "--output", str(out_json), settings=settings,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "BankChurn Predictor: 8,500 rows, 2 x 3-fold CV" in r.stdout
+    assert "| logistic_baseline | 2 x 3 | 0.7" in r.stdout  # ROC-AUC mean ± sd (min-max) first
+    body = json.loads(out_json.read_text())["bankchurn"]
+    assert body["chosen"] == "logistic_baseline"
+    est = body["candidates"][0]
+    assert len(est["values"]["roc_auc"]) == 6 and len(est["repeat_means"]["f1"]) == 2
+    assert 0.7 < est["mean"]["roc_auc"] < 0.85 and 0 < est["std"]["roc_auc"] < 0.05
+    assert 0.3 < est["mean"]["threshold"] < 0.8
+    # Bad arguments exit 2 with the core's message (each message: tests/core/test_cv.py).
+    r = portfolio("cv", "bankchurn", "--repeats", "0", settings=settings)
+    assert r.returncode == 2 and "repeats must be at least 1, got 0" in r.stderr
+    r = portfolio("cv", "all", "--candidate", "xgboost", settings=settings)
+    assert r.returncode == 2 and "--candidate needs one service" in r.stderr

@@ -21,7 +21,7 @@ from portfolio.core.data import load_training_data
 from portfolio.core.inference import Predictor
 from portfolio.core.schema import validate_frame
 from portfolio.core.training import split
-from portfolio.telecom.spec import MIN_RECALL, SPEC
+from portfolio.telecom.spec import MIN_PRECISION, MIN_RECALL, SPEC
 from tests.core.parity import assert_fast_path_parity
 from tests.helpers import ROOT
 from tests.live import TrainedService, live_api
@@ -102,8 +102,11 @@ def test_stored_threshold_reaches_the_targets_on_the_holdout(telecom_trained: Tr
         assert measured[metric] >= target - 2 * sd[metric], (metric, measured[metric], sd[metric])
         # The training run's own hold-out figures are these.
         assert telecom_trained.outcome.test[metric]["value"] == pytest.approx(measured[metric])
-    # Out of fold, the threshold was set for MIN_RECALL, above the target (spec.py says why).
-    assert telecom_trained.outcome.cv["recall"]["value"] >= MIN_RECALL > 0.80
+    # Out of fold, the threshold meets both targets with room (the widest smaller margin; spec.py
+    # says why).
+    cv = telecom_trained.outcome.cv
+    assert cv["recall"]["value"] > MIN_RECALL >= 0.80
+    assert cv["precision"]["value"] > MIN_PRECISION >= 0.50
 
 
 def _raw_text() -> pd.DataFrame:

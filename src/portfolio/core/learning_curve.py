@@ -68,7 +68,8 @@ class LearningCurve:
             for m in names:
                 mean, v = p.mean(m), p.metrics[m]
                 cells.append(
-                    f"{_fmt(mean, mean)} ± {_fmt(p.std(m), mean)} ({_fmt(min(v), mean)}-{_fmt(max(v), mean)})"
+                    f"{format_figure(mean, mean)} ± {format_figure(p.std(m), mean)} "
+                    f"({format_figure(min(v), mean)}-{format_figure(max(v), mean)})"
                 )
             lines.append(f"| {p.fraction:.3f} | {p.train_rows:,} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -93,7 +94,7 @@ class LearningCurve:
         }
 
 
-def _fmt(value: float, scale: float) -> str:
+def format_figure(value: float, scale: float) -> str:
     """Metrics whose mean (``scale``) is in dollars (RMSE, MAE) as whole numbers, scores (R²,
     ROC-AUC) to 4 decimals."""
     return f"{value:,.0f}" if abs(scale) >= 100 else f"{value:.4f}"

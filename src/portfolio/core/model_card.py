@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from portfolio.core.settings import Settings
-from portfolio.core.spec import ServiceSpec
+from portfolio.core.spec import ServiceSpec, ThresholdPolicy
 
 
 def _fmt(stats: dict[str, float]) -> str:
@@ -73,11 +73,7 @@ def write_model_card(
         lines.append(
             f"- Decision threshold: **{threshold:.4f}**, chosen on out-of-fold predictions "
             f"({spec.threshold_policy.kind}"
-            + (
-                f", recall ≥ {spec.threshold_policy.min_recall}"
-                if spec.threshold_policy.kind == "min_recall"
-                else ""
-            )
+            + _policy_note(spec.threshold_policy)
             + "), stored in the artifact and used by every prediction path."
         )
     if spec.task == "regression":
@@ -150,3 +146,15 @@ def write_model_card(
     ]
     out.write_text("\n".join(lines))
     return out
+
+
+def _policy_note(policy: ThresholdPolicy) -> str:
+    """The threshold rule's targets, as the model card states them."""
+    if policy.kind == "min_recall":
+        return f", recall ≥ {policy.min_recall}"
+    if policy.kind == "recall_precision":
+        return (
+            f": recall ≥ {policy.min_recall} and precision ≥ {policy.min_precision} both, the threshold "
+            "whose smaller margin over its target, in binomial standard errors, is largest"
+        )
+    return ""

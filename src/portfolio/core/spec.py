@@ -21,10 +21,16 @@ class ThresholdPolicy:
 
     ``max_f1``: the threshold that maximises F1.
     ``min_recall``: the best-precision threshold among those reaching ``min_recall``.
+    ``recall_precision``: two targets that must both hold on unseen rows, ``min_recall`` and
+    ``min_precision``: the threshold whose smaller margin, counted in binomial standard errors
+    (recall over the positives, precision over the flagged rows), is largest. Where the two
+    trade off, this balances the two risks of missing a target on a new sample instead of
+    meeting one exactly and leaving no margin.
     """
 
-    kind: Literal["max_f1", "min_recall"] = "max_f1"
+    kind: Literal["max_f1", "min_recall", "recall_precision"] = "max_f1"
     min_recall: float = 0.8
+    min_precision: float = 0.5
 
 
 @dataclass(frozen=True)

@@ -132,6 +132,14 @@ def _fold_score(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> float:
     return score_metrics(spec, y, scores)[spec.primary_metric]
 
 
+def cv_splitter(spec: ServiceSpec, settings: Settings) -> Any:
+    """The folds ``cross_validate`` uses: stratified for classifiers, ``settings.cv_folds`` of
+    them, shuffled with ``settings.seed``."""
+    if spec.task == "classification":
+        return StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+    return KFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+
+
 def cross_validate(
     spec: ServiceSpec,
     name: str,
@@ -142,11 +150,7 @@ def cross_validate(
     progress: Progress = no_progress,
 ) -> CandidateResult:
     """Out-of-fold scores for one candidate (every row scored by a model that never saw it)."""
-    splitter: Any
-    if spec.task == "classification":
-        splitter = StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
-    else:
-        splitter = KFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+    splitter = cv_splitter(spec, settings)
     oof = np.zeros(len(X))
     fold_scores = []
     y_arr = y.to_numpy()
