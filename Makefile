@@ -55,8 +55,9 @@ repro: install ## Run the DVC pipeline (validate → train → evaluate per serv
 clean: ## Remove local state (MLflow db, artifacts, caches), keep .venv and data
 	rm -rf .portfolio reports .pytest_cache .mypy_cache .ruff_cache test-output
 
-bench: install ## Serving benchmarks (in-process, HTTP vs mlflow models serve, batch, CLI) → docs/benchmarks.md
+bench: install ## Serving benchmarks (in-process, HTTP vs mlflow models serve, batch, CLI) → docs/benchmarks.md; Spark vs local batch → docs/benchmarks-spark.md
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/spark.py
 
 soak: install ## Each API under 32 connections for 60 s (SOAK_SECONDS): 0 errors, p99, RSS growth < 10%
 	$(BIN)/python benchmarks/soak.py

@@ -3,6 +3,7 @@ dashboard, up."""
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import os
@@ -121,6 +122,11 @@ def train(
         _write_text(summary_json, json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=2))
 
 
+class Engine(enum.StrEnum):
+    local = "local"
+    spark = "spark"
+
+
 def _predictor(service: str, version: str | None) -> Any:
     from portfolio.core import registry
     from portfolio.core.serving.inference import load_predictor
@@ -156,6 +162,18 @@ def predict(
             "as <run id>:<row>, the run id printed at the end.",
         ),
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            help="local: this process, CSV to CSV. spark: the registered pyfunc via "
+            "mlflow.pyfunc.spark_udf, CSV or Parquet in, a Spark output folder out (Parquet "
+            "when OUTPUT ends with .parquet).",
+        ),
+    ] = Engine.local,
+    spark_master: Annotated[
+        str | None,
+        typer.Option(help="Spark master when not under spark-submit (default local[*])."),
+    ] = None,
 ) -> None:
     """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
     import uuid
@@ -166,6 +184,12 @@ def predict(
     if not input.exists():
         console.print(f"[red]input file not found: {input}[/red]")
         raise typer.Exit(2)
+    if engine is Engine.spark:
+        if log_predictions:
+            console.print("[red]--log-predictions: only with --engine local[/red]")
+            raise typer.Exit(2)
+        _predict_spark(service, input, output, version, explain, spark_master)
+        return
     predictor = _predictor(service, version)
     settings = get_settings()
     plog = None
@@ -219,6 +243,37 @@ def predict(
         for reason, n in list(report.reasons.items())[:10]:
             t.add_row(reason, str(n))
         out.print(t)
+
+
+def _predict_spark(
+    service: str, input: Path, output: Path, version: str | None, explain: bool, master: str | None
+) -> None:
+    from portfolio.core import registry
+    from portfolio.core.serving import spark_batch
+
+    settings = _settings()
+    spec = _spec(service)
+    registry.configure(settings)
+    mv = registry.champion_version(spec.name) if version is None else None
+    if version is None and mv is None:
+        console.print(
+            f"[red]no champion registered for {spec.name!r}: run `portfolio train {spec.name}`[/red]"
+        )
+        raise typer.Exit(3)
+    uri = f"models:/{spec.name}/{version}" if version else f"models:/{spec.name}@{registry.CHAMPION}"
+    started = time.perf_counter()
+    spark = spark_batch.session(master)
+    try:
+        report = spark_batch.predict_spark(spark, spec, uri, str(input), str(output), explain)
+    except ValueError as exc:
+        console.print(f"[red]{input}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    seconds = time.perf_counter() - started
+    out.print(
+        f"{report.rows} rows scored on Spark with {uri}: {report.rows - report.failed} ok, "
+        f"{report.failed} failed validation → {output} in {seconds:.2f} s "
+        f"({report.rows / max(seconds, 1e-9):,.0f} rows/s)"
+    )
 
 
 @app.command()

@@ -56,7 +56,9 @@ def test_tampered_cache_is_refused_and_reported(synth_trained: Settings) -> None
     """A running API keeps serving its model while its cached copy is tampered with; loading
     that copy (the tracking server gone) is refused, and a new API reports why it is not ready."""
     loaded = registry.load_champion(synthetic.CLASSIFIER, synth_trained)
-    cached = synth_trained.model_cache_dir / "synthclf" / f"v{loaded.version}" / registry.MODEL_FILE
+    cached = next(
+        (synth_trained.model_cache_dir / "synthclf" / f"v{loaded.version}").rglob(registry.MODEL_FILE)
+    )
     original = cached.read_bytes()
     dead = synth_trained.model_copy(
         update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}", "model_load_retries": 0}

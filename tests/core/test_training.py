@@ -81,7 +81,7 @@ def test_tampered_artifact_is_refused(env: tuple[Settings, Path]) -> None:
     spec = synthetic.CLASSIFIER
     train_service(spec, settings)
     loaded = registry.load_champion(spec, settings)
-    cached = settings.model_cache_dir / spec.name / f"v{loaded.version}" / registry.MODEL_FILE
+    cached = next((settings.model_cache_dir / spec.name / f"v{loaded.version}").rglob(registry.MODEL_FILE))
     # Tamper with the stored artifact itself, and with the local cache copy.
     stored = next(settings.artifact_root.rglob(registry.MODEL_FILE))
     stored.write_bytes(stored.read_bytes() + b"tampered")

@@ -99,8 +99,18 @@ class TrainedService:
                 monkeypatch.delenv(key, raising=False)
 
 
+_TRAINED: dict[str, TrainedService] = {}
+
+
 def train_real(spec: ServiceSpec, tmp_path_factory: pytest.TempPathFactory) -> TrainedService:
-    """`train_service(spec)` on the real data, exactly as `portfolio train NAME` runs it."""
+    """`train_service(spec)` on the real data, exactly as `portfolio train NAME` runs it; once per
+    test session and service (the service's tests and the cross-service ones share the run)."""
+    if spec.name not in _TRAINED:
+        _TRAINED[spec.name] = _train_real(spec, tmp_path_factory)
+    return _TRAINED[spec.name]
+
+
+def _train_real(spec: ServiceSpec, tmp_path_factory: pytest.TempPathFactory) -> TrainedService:
     from portfolio.core.training.train import train_service
 
     require_data(spec)

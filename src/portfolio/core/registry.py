@@ -217,8 +217,14 @@ def _cache_dir(settings: Settings, name: str, version: str) -> Path:
     return settings.model_cache_dir / name / f"v{version}"
 
 
-def _load_artifact(spec: ServiceSpec, path: Path, expected_sha: str | None) -> tuple[Any, str]:
-    file = path / MODEL_FILE if path.is_dir() else path
+def load_artifact(spec: ServiceSpec, path: Path, expected_sha: str | None) -> tuple[Any, str]:
+    """Check the skops file's sha256 (when expected), then load it with the code's allow-list.
+    ``path`` is the file or a downloaded model folder (pyfunc models keep it under artifacts/)."""
+    file = path
+    if path.is_dir():
+        file = path / MODEL_FILE
+        if not file.exists():
+            file = path / "artifacts" / MODEL_FILE
     actual = sha256_file(file)
     if expected_sha and actual != expected_sha:
         raise ModelIntegrityError(
@@ -236,8 +242,10 @@ def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> L
     if not expected:
         raise ModelIntegrityError(f"{spec.name} v{mv.version} has no sha256 tag: refused")
     target = _cache_dir(settings, spec.name, str(mv.version))
-    model_file = target / MODEL_FILE
-    if not model_file.exists() or sha256_file(model_file) != expected:
+    model_file = next(
+        (f for f in (target / MODEL_FILE, target / "artifacts" / MODEL_FILE) if f.exists()), None
+    )
+    if model_file is None or sha256_file(model_file) != expected:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -246,7 +254,7 @@ def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> L
         )
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-    model, sha = _load_artifact(spec, target, expected)
+    model, sha = load_artifact(spec, target, expected)
     metrics: dict[str, float] = {}
     if mv.run_id:
         metrics = dict(client.get_run(mv.run_id).data.metrics)
@@ -297,7 +305,7 @@ def load_cached_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel |
     version = json.loads(pointer.read_text())["version"]
     target = _cache_dir(settings, spec.name, version)
     meta = json.loads((target / "version.json").read_text())
-    model, sha = _load_artifact(spec, target, meta["sha256"])
+    model, sha = load_artifact(spec, target, meta["sha256"])
     return LoadedModel(
         spec.name, version, model, sha, meta.get("run_id"), meta.get("metrics", {}), source="cache"
     )

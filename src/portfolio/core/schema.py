@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple, NotRequired
@@ -21,7 +22,6 @@ import annotated_types
 import msgspec
 import numpy as np
 import pandas as pd
-import pandera.pandas as pa
 from pydantic import (
     AfterValidator,
     AllowInfNan,
@@ -35,6 +35,18 @@ from pydantic import (
 from pydantic import Field as PydField
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
+
+# pandera imports pyspark.pandas whenever pyspark is installed (the `spark` extra): ~1.4 s on every
+# CLI/API start, and it patches pandas. Nothing here uses pandas-on-Spark, so pandera is shown
+# that import failing; the real module stays importable afterwards.
+_hide_pandas_on_spark = "pyspark.pandas" not in sys.modules
+if _hide_pandas_on_spark:
+    sys.modules["pyspark.pandas"] = None  # type: ignore[assignment]
+try:
+    import pandera.pandas as pa
+finally:
+    if _hide_pandas_on_spark:
+        sys.modules.pop("pyspark.pandas", None)
 
 Kind = Literal["int", "float", "category", "text", "date"]
 

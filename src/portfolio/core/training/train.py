@@ -21,8 +21,8 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import skops.io as sio
 import yaml
-from mlflow.models import infer_signature
 from sklearn.base import BaseEstimator
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import (
@@ -32,10 +32,12 @@ from sklearn.model_selection import (
     train_test_split,
 )
 
-from portfolio.core import registry
-from portfolio.core.data import Dataset, load_training_data
+from portfolio.core import mlflow_model, registry
+from portfolio.core.data import Dataset, load_training_data, read_raw_csv
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.explain.insights import log_training_insights
+from portfolio.core.serving.batch import BatchReport, score_chunk
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.core.training import evaluation as ev
@@ -490,19 +492,32 @@ def log_served_model(
         }
     )
 
-    example = X_train.head(5)
-    signature = infer_signature(example, served.predict(example))
-    info = mlflow.sklearn.log_model(
-        served,
-        name="model",
-        serialization_format="skops",
-        skops_trusted_types=registry.trusted_types(spec),
-        signature=signature,
-        input_example=example,
-        pip_requirements=_pip_requirements(),
+    # Lineage in the MLflow UI: the file the model was trained on, by name and DVC md5.
+    dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+        ds.X.assign(**{spec.target: ds.y}),
+        targets=spec.target,
+        name=ds.path.name,
+        digest=ds.md5,
     )
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=info.model_uri, dst_path=str(tmp / "m")))
-    sha = registry.sha256_file(local / registry.MODEL_FILE)
+    mlflow.log_input(
+        dataset,
+        context="training",
+        tags={
+            "md5": ds.md5,
+            "rows_in_file": str(len(ds.validation.frame)),
+            "rows_used": str(len(ds.X)),
+        },
+    )
+
+    # The registered model is the service's pyfunc (mlflow_model.py): the skops file of
+    # the fitted pipeline, its checksum, and the code that gives the CLI's outputs.
+    model_file = tmp / registry.MODEL_FILE
+    sio.dump(served, model_file)
+    sha = registry.sha256_file(model_file)
+    example = read_raw_csv(ds.path).loc[X_train.index[:5], spec.feature_names]
+    loaded = registry.LoadedModel(spec.name, "", served, sha, None)
+    output_example = score_chunk(Predictor(spec, loaded, compile=False), example, BatchReport())
+    info = mlflow_model.log_model(spec, model_file, sha, example, output_example)
     mlflow.set_tag("model_sha256", sha)
     return ServedModel(served, served_best, fit_X, info.model_uri, sha)
 
@@ -600,10 +615,3 @@ def champion_gate(
         return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion ({note})"}
     registry.set_alias(spec.name, registry.CHALLENGER, new_version)
     return result | {"alias": registry.CHALLENGER, "reason": f"{metric} worse than champion ({note})"}
-
-
-def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
-
-    pkgs = ["scikit-learn", "xgboost", "skops", "pandas", "numpy", "imbalanced-learn"]
-    return [f"{p}=={version(p)}" for p in pkgs] + ["ml-mlops-portfolio"]
