@@ -65,11 +65,13 @@ def sample_records(spec: Any, settings: Settings, n: int) -> list[dict[str, Any]
     return out
 
 
-def serve_api(name: str, settings: Settings, workers: int = 1) -> tuple[subprocess.Popen[bytes], str]:
+def serve_api(
+    name: str, settings: Settings, workers: int = 1, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = start(
         [bin_path("portfolio"), "serve", name, "--port", str(port), "--workers", str(workers)],
-        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "PORTFOLIO_LOG_LEVEL": "WARNING"},
+        env={"MLFLOW_TRACKING_URI": settings.tracking_uri, "PORTFOLIO_LOG_LEVEL": "WARNING", **(env or {})},
         log_file=settings.resolved_state_dir / f"bench-{name}.log",
     )
     base = f"http://127.0.0.1:{port}"

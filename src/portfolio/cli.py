@@ -148,8 +148,19 @@ def predict(
             "--no-explain leaves that column empty and scores about 20 times fewer model rows.",
         ),
     ] = True,
+    log_predictions: Annotated[
+        bool,
+        typer.Option(
+            "--log-predictions",
+            help="Also write each valid row to the prediction log (PORTFOLIO_PREDICTION_LOG_DIR) "
+            "as <run id>:<row>, the run id printed at the end.",
+        ),
+    ] = False,
 ) -> None:
     """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
+    import uuid
+
+    from portfolio.core.monitoring.predictions import PredictionLog
     from portfolio.core.serving.batch import InputFileError, predict_csv
 
     if not input.exists():
@@ -157,6 +168,16 @@ def predict(
         raise typer.Exit(2)
     predictor = _predictor(service, version)
     settings = get_settings()
+    plog = None
+    run_id = f"batch-{uuid.uuid4().hex}"
+    if log_predictions:
+        plog = PredictionLog(
+            settings.resolved_prediction_log_dir,
+            predictor.spec.name,
+            sample=settings.prediction_log_sample,
+            max_bytes=settings.prediction_log_max_bytes,
+            queue_size=settings.prediction_log_queue,
+        )
     with Progress(
         TextColumn("scoring"),
         MofNCompleteColumn(),
@@ -174,16 +195,23 @@ def predict(
                 settings.batch_chunk_rows,
                 on_chunk=lambda n: progress.advance(task, n),
                 explain=explain,
+                prediction_log=plog,
+                run_id=run_id,
             )
         except InputFileError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(2) from None
+        finally:
+            if plog is not None:
+                plog.close()
     seconds = time.perf_counter() - started  # reading, validating, scoring and writing
     out.print(
         f"{report.rows} rows scored with {service} v{predictor.version}: "
         f"{report.ok} ok, {report.failed} failed validation → {output} "
         f"in {seconds:.2f} s ({report.rows / max(seconds, 1e-9):,.0f} rows/s)"
     )
+    if plog is not None:
+        out.print(f"logged as {run_id}:<row> → {plog.folder}")
     if report.failed:
         t = Table(title="validation failures")
         t.add_column("reason")
@@ -494,6 +522,101 @@ def drift(
     )
     if fail_on_drift and report["drift_detected"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def feedback(
+    service: ServiceArg,
+    labels: Annotated[
+        Path, typer.Argument(help="CSV with columns request_id,label (the raw target's form).")
+    ],
+) -> None:
+    """Join true outcomes to the logged predictions by request id (PORTFOLIO_PREDICTION_LOG_DIR).
+    Unknown ids, duplicate ids (the last wins) and invalid rows are counted and reported."""
+    from portfolio.core.monitoring.feedback import FeedbackInputError, record_feedback
+
+    settings = _settings()
+    spec = _spec(service)
+    try:
+        report = record_feedback(spec, settings.resolved_prediction_log_dir, labels)
+    except FeedbackInputError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    print(json.dumps(report, indent=2))
+    console.print(
+        f"{report['joined']} labels joined, {report['unknown_ids']} unknown ids, "
+        f"{report['duplicate_ids']} duplicate ids (last wins), {report['invalid_rows']} invalid rows "
+        f"of {report['rows_in_file']}"
+    )
+
+
+@app.command()
+def performance(
+    service: ServiceArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSON report.")],
+    since: Annotated[
+        str | None, typer.Option(help="Only predictions made from this date/time on (ISO 8601, UTC).")
+    ] = None,
+    html: Annotated[Path | None, typer.Option(help="HTML report (default: OUTPUT with .html).")] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="`degraded` rule: share of the hold-out figure allowed to be lost.")
+    ] = 0.05,
+) -> None:
+    """Realized metrics (95% bootstrap intervals) of the served versions on labelled predictions,
+    beside their hold-out figures, with `degraded`; JSON + HTML, and the API's /metrics."""
+    from datetime import UTC, datetime
+
+    from portfolio.core import registry
+    from portfolio.core.monitoring.performance import performance_report, save_latest, write_html
+
+    settings = _settings()
+    spec = _spec(service)
+    start = None
+    if since:
+        try:
+            start = datetime.fromisoformat(since)
+        except ValueError:
+            console.print(f"[red]--since: not an ISO 8601 date/time: {since!r}[/red]")
+            raise typer.Exit(2) from None
+        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    if not 0 <= tolerance < 1:
+        console.print(f"[red]--tolerance: must be in [0, 1), not {tolerance}[/red]")
+        raise typer.Exit(2)
+    registry.configure(settings)
+    try:
+        report = performance_report(
+            spec,
+            settings.resolved_prediction_log_dir,
+            since=start,
+            rounds=settings.bootstrap_rounds,
+            seed=settings.seed,
+            tolerance=tolerance,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    _write_text(output, json.dumps(report, indent=2))
+    html_path = write_html(report, html or output.with_suffix(".html"))
+    save_latest(report, settings.resolved_prediction_log_dir)
+    t = Table(title=f"{spec.name}: realized performance ({report['rows']} labelled predictions)")
+    for col in ("version", "rows", "metric", "realized [95% CI]", "hold-out", "degraded"):
+        t.add_column(col)
+    for version, v in report["versions"].items():
+        for name, m in v["metrics"].items():
+            hold = (v["holdout_metrics"] or {}).get(name) or {}
+            real = (
+                "n/a" if m["value"] is None else f"{m['value']:.4f} [{m['ci_low']:.4f}, {m['ci_high']:.4f}]"
+            )
+            t.add_row(
+                version,
+                str(v["rows"]),
+                name,
+                real,
+                "" if hold.get("value") is None else f"{hold['value']:.4f}",
+                "yes" if v["degraded"] else "no",
+            )
+    out.print(t)
+    out.print(f"{report['degraded_reason']} → {output}, {html_path}")
 
 
 @app.command()

@@ -81,7 +81,11 @@ def run_stack(settings: Settings, services: list[str], console: Console) -> int:
                 return 2
             proc = start(
                 [bin_path("portfolio"), "serve", name, "--host", settings.host, "--port", str(port)],
-                env={"MLFLOW_TRACKING_URI": tracking},
+                # Each API logs its predictions under the state folder (or where the setting says).
+                env={
+                    "MLFLOW_TRACKING_URI": tracking,
+                    "PORTFOLIO_PREDICTION_LOG_DIR": str(settings.resolved_prediction_log_dir),
+                },
                 log_file=logs / f"{name}.log",
             )
             procs.append((name, proc))

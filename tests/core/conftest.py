@@ -8,21 +8,32 @@ from fastapi.testclient import TestClient
 from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
+from portfolio.core.spec import ServiceSpec
 from portfolio.core.training.train import train_service
 from tests.conftest import make_settings
 from tests.support import synthetic
 from tests.support.helpers import wait_ready
 
 
-@pytest.fixture(scope="session")
-def synth_trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    """A state dir with one trained synthetic classifier champion (v1)."""
-    root = tmp_path_factory.mktemp("synth")
+def _train_synthetic(tmp_path_factory: pytest.TempPathFactory, spec: ServiceSpec) -> Settings:
+    root = tmp_path_factory.mktemp(spec.name)
     (root / "data").mkdir()
     synthetic.write_csv(root / "data" / "synth.csv", n=600)
     settings = make_settings(root / "state", data_dir=root / "data", cv_folds=3)
-    train_service(synthetic.CLASSIFIER, settings)
+    train_service(spec, settings)
     return settings
+
+
+@pytest.fixture(scope="session")
+def synth_trained(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A state dir with one trained synthetic classifier champion (v1)."""
+    return _train_synthetic(tmp_path_factory, synthetic.CLASSIFIER)
+
+
+@pytest.fixture(scope="session")
+def synth_regressor(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A state dir with one trained synthetic regressor champion (v1)."""
+    return _train_synthetic(tmp_path_factory, synthetic.REGRESSOR)
 
 
 @pytest.fixture(scope="module")

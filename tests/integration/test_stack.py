@@ -15,6 +15,7 @@ import httpx
 import psutil
 import pytest
 
+from portfolio.core.monitoring.predictions import read_log
 from portfolio.core.processes import bin_path, free_port, port_in_use, wait_http
 from tests.bankchurn.test_bankchurn import RECORD
 from tests.support.helpers import ROOT
@@ -63,7 +64,8 @@ def test_up_from_a_fresh_state_then_sigint_stops_everything(tmp_path: Path, data
         assert r.status_code == 200 and r.json()["model_version"]["version"] == "1", r.text
         model = httpx.get(f"{api}/model", timeout=10).json()
         assert model["version"] == "1" and model["source"] == "registry", model
-        assert httpx.post(f"{api}/predict", json=RECORD, timeout=30).json()["model_version"] == "1"
+        answer = httpx.post(f"{api}/predict", json=RECORD, headers={"X-Request-ID": "up-1"}, timeout=30)
+        assert answer.json()["model_version"] == "1"
         assert (state / "mlflow.db").exists()  # the fresh state was created where it was told
 
         started = psutil.Process(up.pid).children(recursive=True)
@@ -77,6 +79,9 @@ def test_up_from_a_fresh_state_then_sigint_stops_everything(tmp_path: Path, data
         _, alive = psutil.wait_procs(started, timeout=30)
         assert not alive, [(p.pid, p.cmdline()) for p in alive]
         assert not port_in_use(mlflow_port) and not port_in_use(api_port)
+        # The API logged its prediction under the state folder (flushed as Ctrl-C stopped it).
+        logged = [r for r in read_log(state / "predictions", "bankchurn") if r["request_id"] == "up-1"]
+        assert [r["outputs"] for r in logged] == [answer.json()]
     finally:
         if up.poll() is None:  # the test failed with the stack up: stop it as a user would
             started += psutil.Process(up.pid).children(recursive=True)

@@ -88,6 +88,23 @@ class Dataset:
         }
 
 
+def parse_target(spec: ServiceSpec, raw: pd.Series) -> pd.Series:
+    """The raw target column (e.g. ``Churn`` Yes/No) as the model's numeric target.
+
+    Args:
+        spec: The service (its ``encode_target`` and task).
+        raw: Target values in the raw file's form.
+
+    Returns:
+        The numeric targets; NaN where a value is unusable (a classifier's label outside {0, 1}
+        is unusable, not a third class).
+    """
+    y = pd.to_numeric(spec.encode_target(raw), errors="coerce")
+    if spec.task == "classification":
+        y = y.where(y.isin([0, 1]))
+    return y
+
+
 def load_training_data(spec: ServiceSpec, settings: Settings, path: Path | None = None) -> Dataset:
     """Load + validate the raw file for training.
 
@@ -100,11 +117,8 @@ def load_training_data(spec: ServiceSpec, settings: Settings, path: Path | None 
     if spec.target not in raw.columns:
         raise DataUnavailableError(f"{path.name} has no target column {spec.target!r}")
     result = validate_frame(raw, spec.fields)
-    y_raw = spec.encode_target(raw[spec.target])
-    y_numeric = pd.to_numeric(y_raw, errors="coerce")
+    y_numeric = parse_target(spec, raw[spec.target])
     target_ok = y_numeric.notna()
-    if spec.task == "classification":
-        target_ok &= y_numeric.isin([0, 1])  # a label outside {0, 1} is unusable, not a third class
     keep = result.valid_mask & target_ok
     X = result.frame.loc[keep]
     y = y_numeric.loc[keep]

@@ -69,6 +69,19 @@ class Settings(BaseSettings):
         default="", description="Comma-separated admin keys for /admin/* (admin is off when empty)."
     )
     log_level: str = Field(default="INFO", description="Log level.")
+    prediction_log_dir: Path | None = Field(
+        default=None,
+        description="Prediction log folder, JSON lines per service (default: <state_dir>/predictions).",
+    )
+    prediction_log_sample: float = Field(
+        default=1.0, ge=0, le=1, description="Share of scored records logged (0: no prediction log)."
+    )
+    prediction_log_max_bytes: int = Field(
+        default=64 << 20, ge=1024, description="Prediction log: a new file once one is this large."
+    )
+    prediction_log_queue: int = Field(
+        default=100_000, ge=1, description="Prediction log: records waiting for the writer at most."
+    )
     batch_chunk_rows: int = Field(default=100_000, ge=1, description="CSV rows per chunk in predict.")
 
     mlflow_port: int = Field(default=5000, description="Port of the MLflow server `portfolio up` starts.")
@@ -93,6 +106,10 @@ class Settings(BaseSettings):
     @property
     def resolved_models_dir(self) -> Path:
         return (self.models_dir or self.home / "models").resolve()
+
+    @property
+    def resolved_prediction_log_dir(self) -> Path:
+        return (self.prediction_log_dir or self.resolved_state_dir / "predictions").resolve()
 
     @property
     def tracking_uri(self) -> str:

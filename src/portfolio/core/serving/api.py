@@ -45,11 +45,13 @@ def create_app(
         ctx.holder.start()
         yield
         ctx.holder.stop()
+        ctx.prediction_log.close()  # SIGTERM/SIGINT: everything answered is written and flushed
 
     app = FastAPI(title=f"{spec.title} API", description=spec.description, version="1", lifespan=lifespan)
     app.state.holder = ctx.holder
     app.state.metrics = ctx.metrics
     app.state.monitor = ctx.monitor
+    app.state.prediction_log = ctx.prediction_log
     if ctx.settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from portfolio.core.data import read_raw_csv
+from portfolio.core.monitoring.predictions import PredictionLog
 from portfolio.core.schema import MissingColumnsError, ValidationResult, validate_frame
 from portfolio.core.serving.inference import Predictor
 
@@ -41,9 +42,12 @@ def predict_csv(
     chunk_rows: int = 100_000,
     on_chunk: Callable[[int], None] | None = None,
     explain: bool = True,
+    prediction_log: PredictionLog | None = None,
+    run_id: str = "",
 ) -> BatchReport:
     """Score a CSV file in chunks into ``output_path``; ``explain=False`` skips the service's
-    per-row explanations (TelecomAI's top_factors), which cost most of its scoring time."""
+    per-row explanations (TelecomAI's top_factors), which cost most of its scoring time. With a
+    ``prediction_log``, every valid row is logged as ``<run_id>:<data row>`` (0-based)."""
     spec = predictor.spec
     report = BatchReport()
     try:
@@ -63,6 +67,8 @@ def predict_csv(
             for chunk, result in _prefetch(validated):
                 ready.result()
                 out = score_chunk(predictor, chunk, report, result, explain)
+                if prediction_log is not None:
+                    log_chunk(prediction_log, predictor, run_id, result, out)
                 _write_csv(out, fh, header=first)
                 first = False
                 if on_chunk:
@@ -129,6 +135,32 @@ def score_chunk(
     for reason, n in result.summary()["by_reason"].items():
         report.reasons[reason] = report.reasons.get(reason, 0) + n
     return out
+
+
+def log_chunk(
+    prediction_log: PredictionLog,
+    predictor: Predictor,
+    run_id: str,
+    result: ValidationResult,
+    out: pd.DataFrame,
+) -> None:
+    """A scored chunk's valid rows into the prediction log, as the API logs a batch."""
+    valid = result.valid_mask
+    if not valid.any():
+        return
+    typed = result.frame.loc[valid]
+    inputs = {
+        f: typed[f].astype(object).where(typed[f].notna(), None).tolist()
+        for f in predictor.spec.feature_names
+    }
+    scored = out.loc[valid, predictor.output_columns]
+    outputs: list[dict[str, Any]] = scored.astype(object).where(scored.notna(), None).to_dict("records")  # type: ignore[assignment]
+    for record in outputs:
+        record["model_version"] = predictor.version
+        if predictor.threshold is not None:
+            record["threshold"] = predictor.threshold
+    index = [int(i) for i in typed.index]
+    prediction_log.submit(run_id, predictor.version, predictor.inference, inputs, outputs, True, index)
 
 
 def _write_csv(frame: pd.DataFrame, fh: Any, header: bool) -> None:

@@ -14,7 +14,10 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from pydantic import Field as PydField
 
+from portfolio.core.logs import request_id
 from portfolio.core.monitoring.live import DriftCollector, LiveMonitor
+from portfolio.core.monitoring.performance import RealizedCollector, latest_path
+from portfolio.core.monitoring.predictions import PredictionLog
 from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
 from portfolio.core.serving.errors import AccessDenied, ModelUnavailable
 from portfolio.core.serving.inference import ModelHolder, Predictor, as_records
@@ -40,6 +43,18 @@ class ServingContext:
         # Rolling window of recent inputs/scores; drift gauges are computed when /metrics is scraped.
         self.monitor = LiveMonitor(spec)
         self.metrics.registry.register(DriftCollector(spec.name, self.monitor))
+        self.prediction_log = PredictionLog(
+            settings.resolved_prediction_log_dir,
+            spec.name,
+            sample=settings.prediction_log_sample,
+            max_bytes=settings.prediction_log_max_bytes,
+            queue_size=settings.prediction_log_queue,
+            registry=self.metrics.registry,
+        )
+        # The latest `portfolio performance` report of the service, served at /metrics.
+        self.metrics.registry.register(
+            RealizedCollector(spec.name, latest_path(settings.resolved_prediction_log_dir, spec.name))
+        )
         self.score_key = "probability" if spec.task == "classification" else spec.target
         self.Record: type[BaseModel] = request_model(f"{spec.name.title()}Record", spec.fields)
         self.Batch: type[BaseModel] = create_model(  # type: ignore[call-overload]
@@ -93,7 +108,12 @@ class ServingContext:
         return batch
 
     def respond(
-        self, p: Predictor, count: int, values: Mapping[str, Sequence[Any]], explain: bool
+        self,
+        p: Predictor,
+        count: int,
+        values: Mapping[str, Sequence[Any]],
+        explain: bool,
+        batch: bool = False,
     ) -> list[dict[str, Any]]:
         """The response records of ``count`` validated records, given as each field's values.
 
@@ -102,6 +122,7 @@ class ServingContext:
             count: How many records.
             values: Each field's values, in record order.
             explain: Whether per-record explanations are computed (``?explain=``).
+            batch: The records came as a batch (the prediction log ids them ``<request id>:<i>``).
 
         Returns:
             One output dict per record, with the model version (and threshold for classifiers).
@@ -128,7 +149,9 @@ class ServingContext:
                 )
             counter.inc(n)
         self.monitor.observe(values, out[self.score_key].tolist())
-        return as_records(out, constants)
+        records = as_records(out, constants)
+        self.prediction_log.submit(request_id.get(), p.version, p.inference, values, records, batch)
+        return records
 
 
 def _keys(raw: str) -> list[bytes]:

@@ -63,7 +63,7 @@ def router(ctx: ServingContext) -> APIRouter:
         p = ctx.require_model()
         return json_response(
             {
-                "predictions": ctx.respond(p, batch.rows, batch.values, explain),
+                "predictions": ctx.respond(p, batch.rows, batch.values, explain, batch=True),
                 "model_version": p.version,
                 "count": batch.rows,
             }

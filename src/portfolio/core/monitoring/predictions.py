@@ -1,0 +1,238 @@
+"""The prediction log: every scored record as one JSON line, written off the request path.
+
+A line holds ``ts`` (UTC, ISO 8601), ``request_id``, ``service``, ``model_version``,
+``inference`` (the predictor's path: ``compiled`` or why the pipeline), ``inputs`` (the validated
+field values) and ``outputs`` (what the caller was answered). ``request_id`` is the request's
+``X-Request-ID`` (or the one the API generated) for ``/predict``; a record of ``/predict/batch``
+gets ``<request id>:<index>`` (0-based position in ``records``); the CLI's ``--log-predictions``
+uses ``<run id>:<row>`` (0-based data row of the input CSV).
+
+Files: ``<PORTFOLIO_PREDICTION_LOG_DIR>/<service>/<service>-<start>-<pid>-<tag>-<n>.jsonl``, one series
+per process (so API workers never interleave lines), a new file once the current one passes
+``PORTFOLIO_PREDICTION_LOG_MAX_BYTES``.
+
+Off the hot path: a request only puts one item (its records, by reference) on a bounded queue; a
+background thread samples (``PORTFOLIO_PREDICTION_LOG_SAMPLE``), serialises and writes. When the
+queue is full the request's records are not logged and are counted in
+``portfolio_prediction_log_records_total{outcome="dropped_queue_full"}`` (and a warning is
+logged), never silently. ``close()`` (the API's shutdown on SIGTERM/SIGINT) drains the queue and
+flushes the file.
+
+What a crash can lose at most: the writer flushes to the OS each time the queue runs empty, so a
+killed process (SIGKILL, OOM) loses at most the requests still queued (≤
+``PORTFOLIO_PREDICTION_LOG_QUEUE`` records) plus the lines written since the last flush, i.e. what arrived
+while the writer was busy; a machine crash also loses what the OS had not written to disk yet
+(no fsync).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from prometheus_client import CollectorRegistry, Counter
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+OUTCOMES = ("written", "sampled_out", "dropped_queue_full", "write_error")
+
+
+class PredictionLog:
+    """A process's prediction log writer (one per API app or CLI run).
+
+    Args:
+        directory: The log folder (a ``<service>`` folder is made inside it).
+        service: The service's name.
+        sample: Share of records logged (0 turns the log off: no thread, no file).
+        max_bytes: Rotate to a new file once the current one is larger.
+        queue_size: Records waiting for the writer at most (a request larger than that is
+            still taken when nothing waits, so a big batch is never refused for its size alone).
+        registry: Where the records counter is registered (the API's /metrics registry).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        service: str,
+        sample: float = 1.0,
+        max_bytes: int = 64 << 20,
+        queue_size: int = 10_000,
+        registry: CollectorRegistry | None = None,
+    ):
+        self.folder = Path(directory) / service
+        self.service = service
+        self.sample = sample
+        self.max_bytes = max_bytes
+        self.records = Counter(
+            "portfolio_prediction_log_records",
+            "Scored records by what the prediction log did with them",
+            ["service", "outcome"],
+            registry=registry,
+        )
+        self._counters = {o: self.records.labels(service, o) for o in OUTCOMES}
+        # Bounded in records, not requests: a batch of 1,000 costs as much memory as 1,000 requests.
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._limit = queue_size
+        self._pending = 0
+        self._file: IO[bytes] | None = None
+        # Start time first (files sort in time order), then what tells processes and logs apart.
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
+        self._series = f"{service}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self._part = itertools.count()
+        self._rng = random.Random()
+        self._warned_full = False
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self.sample > 0
+
+    def submit(
+        self,
+        request_id: str,
+        model_version: str,
+        inference: str,
+        inputs: Mapping[str, Sequence[Any]],
+        outputs: Sequence[Mapping[str, Any]],
+        batch: bool,
+        index: Sequence[int] | None = None,
+    ) -> None:
+        """Queue one request's scored records (the hot path: no copy, no serialisation).
+
+        Args:
+            request_id: The request's id; a batch's records get ``<id>:<index>``.
+            model_version: The version that scored them.
+            inference: The predictor's inference path.
+            inputs: Each field's values, in record order (not modified afterwards by the caller).
+            outputs: One output dict per record, as answered.
+            batch: Whether the records came as a batch (ids with an index).
+            index: The records' indexes in the ids (default: their positions); the CLI gives
+                the input rows'.
+        """
+        if not self.enabled:
+            return
+        if self._thread is None:
+            self._start()
+        n = len(outputs)
+        with self._lock:
+            full = self._pending > 0 and self._pending + n > self._limit
+            if not full:
+                self._pending += n
+        if not full:
+            self._queue.put_nowait(
+                (time.time(), request_id, model_version, inference, inputs, outputs, batch, index)
+            )
+        else:
+            self._counters["dropped_queue_full"].inc(n)
+            if not self._warned_full:
+                self._warned_full = True
+                log.warning("%s: prediction log queue full; records dropped (counted)", self.service)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Write everything queued, flush and close the file (the API's shutdown)."""
+        if self._thread is None:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        self._thread = None
+
+    # -- the writer thread ---------------------------------------------------------------------
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"{self.service}-prediction-log", daemon=True
+                )
+                self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            try:
+                self._write(item)
+            finally:
+                with self._lock:
+                    self._pending -= len(item[5])
+            if self._queue.empty() and self._file is not None:
+                self._file.flush()  # idle: what was written is in the OS now
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _write(self, item: tuple[Any, ...]) -> None:
+        ts, rid, version, inference, inputs, outputs, batch, index = item
+        stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+        names = list(inputs)
+        columns = [inputs[n] for n in names]
+        lines: list[bytes] = []
+        skipped = 0
+        for i, out in enumerate(outputs):
+            if self.sample < 1.0 and self._rng.random() >= self.sample:
+                skipped += 1
+                continue
+            record = {
+                "ts": stamp,
+                "request_id": (f"{rid}:{i if index is None else index[i]}" if batch else rid),
+                "service": self.service,
+                "model_version": version,
+                "inference": inference,
+                "inputs": {n: c[i] for n, c in zip(names, columns, strict=True)},
+                "outputs": out,
+            }
+            lines.append(orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
+        if skipped:
+            self._counters["sampled_out"].inc(skipped)
+        if not lines:
+            return
+        try:
+            fh = self._current()
+            fh.write(b"\n".join(lines) + b"\n")
+            self._counters["written"].inc(len(lines))
+        except OSError as exc:
+            self._counters["write_error"].inc(len(lines))
+            log.warning("%s: prediction log not written (%s)", self.service, exc)
+
+    def _current(self) -> IO[bytes]:
+        if self._file is not None and self._file.tell() >= self.max_bytes:
+            self._file.close()
+            self._file = None
+        if self._file is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._file = (self.folder / f"{self._series}-{next(self._part):04d}.jsonl").open("ab")
+        return self._file
+
+
+def read_log(directory: Path, service: str) -> Iterator[dict[str, Any]]:
+    """Every logged record of a service, file by file (a torn last line of a crashed process is
+    skipped: it was never complete).
+
+    Args:
+        directory: The prediction log folder.
+        service: The service's name.
+
+    Returns:
+        The records as dicts, in file order.
+    """
+    for path in sorted((Path(directory) / service).glob(f"{service}-*.jsonl")):
+        with path.open("rb") as fh:
+            for line in fh:
+                try:
+                    yield orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    log.warning("%s: skipped an incomplete line", path.name)
