@@ -24,7 +24,7 @@ def test_registration_tags_the_checksum_of_the_artifact(synth_versions: Settings
     loaded = registry.load_version(SPEC, synth_versions, 1)
     tags = registry.version_tags(NAME, 1)
     assert len(tags["sha256"]) == 64 and loaded.sha256 == tags["sha256"]
-    model_file = registry._cache_dir(synth_versions, NAME, "1") / registry.MODEL_FILE
+    model_file = registry.cached_model_file(synth_versions, NAME, "1")
     assert registry.sha256_file(model_file) == hashlib.sha256(model_file.read_bytes()).hexdigest()
     assert registry.sha256_file(model_file) == tags["sha256"]
     # The gate's evidence is on the version: split fit (no refit here) and its hold-out metric.
@@ -64,7 +64,7 @@ def test_load_version_loads_that_version_not_the_champion(synth_versions: Settin
 
 def test_a_tampered_cached_artifact_is_downloaded_again(synth_versions: Settings) -> None:
     registry.configure(synth_versions)
-    model_file = registry._cache_dir(synth_versions, NAME, "2") / registry.MODEL_FILE
+    model_file = registry.cached_model_file(synth_versions, NAME, "2")
     registry.load_version(SPEC, synth_versions, 2)
     good = model_file.read_bytes()
     model_file.write_bytes(good[:-10] + b"x" * 10)

@@ -154,34 +154,91 @@ def requirements(spec_ref: str) -> tuple[str, ...]:
     """Pinned PyPI requirements of the pyfunc: the distributions of every module that loading and
     scoring import (found in a fresh interpreter), less those MLflow itself brings, less this
     project (its code travels with the model)."""
+    spec_module = spec_ref.partition(":")[0]
+    # A spec outside the package (a test's synthetic service) is not shipped as a dependency:
+    # its module's own imports (pytest) are the test environment's, not the model's.
+    spec_import = (
+        f"importlib.import_module({spec_module!r})\n" if spec_module.startswith("portfolio.") else ""
+    )
     probe = (
         "import importlib, json, sys\n"
-        # Test tooling that libraries import only when it is there (scikit-learn's testing
-        # helpers): a consumer does not have it, and must not be asked to install it.
-        "sys.modules.update(dict.fromkeys(('pytest', '_pytest', 'coverage')))\n"
-        "import mlflow\n"
+        # Tooling that libraries import only when it is there (scikit-learn's testing helpers,
+        # MLflow's and pandera's Spark support): scoring does not need it, so a consumer must not
+        # be asked to install it.
+        f"sys.modules.update(dict.fromkeys({_NOT_NEEDED!r}))\n"
         "base = set(sys.modules)\n"
+        "import mlflow\n"
+        "with_mlflow = set(sys.modules)\n"
         "importlib.import_module('portfolio.core.mlflow_model')\n"
         "importlib.import_module('portfolio.core.serving.batch')\n"
         "importlib.import_module('portfolio.core.serving.inference')\n"
-        f"importlib.import_module({spec_ref.partition(':')[0]!r})\n"
+        f"{spec_import}"
         "import numba, skops.io  # the fast path's compiler, imported when the model is compiled\n"
-        "print(json.dumps(sorted({m.split('.')[0] for m in set(sys.modules) - base})))\n"
+        "roots = lambda names: sorted({m.split('.')[0] for m in names})\n"
+        "print(json.dumps([roots(set(sys.modules) - base), roots(with_mlflow - base)]))\n"
     )
     # The parent's sys.path: the spec's module is importable there the same way.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"finding the model's requirements failed: {done.stderr.strip()[-2000:]}")
-    found = json.loads(done.stdout)
+    scoring, by_mlflow = (_distributions(modules) for modules in json.loads(done.stdout))
+    # Left to MLflow: what `import mlflow` loads AND installing MLflow brings. A package MLflow
+    # imports only when it is there (orjson) stays declared, and so does everything scoring
+    # imports beyond MLflow (scikit-learn, xgboost, skops...), pinned to this environment's version.
+    dists = {"mlflow"} | scoring - (by_mlflow & _required_closure("mlflow"))
+    dists.discard(PROJECT_DISTRIBUTION)
+    return tuple(sorted(f"{d}=={version(d)}" for d in dists))
+
+
+# Imported only when installed, never needed to score (see requirements()).
+_NOT_NEEDED = ("pytest", "_pytest", "coverage", "pyspark", "py4j")
+
+
+def _distributions(modules: list[str]) -> set[str]:
+    """The installed distributions that provide these top-level modules (stdlib and the project's
+    own package left out)."""
     owners = packages_distributions()
-    dists = {"mlflow"}
-    for module in found:
+    dists: set[str] = set()
+    for module in modules:
         if module in sys.stdlib_module_names or module.startswith("_") or module == "portfolio":
             continue
         dists.update(owners.get(module, ()))
-    dists.discard(PROJECT_DISTRIBUTION)
-    return tuple(sorted(f"{d}=={version(d)}" for d in dists))
+    return dists
+
+
+def _required_closure(dist: str) -> set[str]:
+    """``dist`` and every distribution its installed metadata requires, transitively, without
+    extras (names normalised as the metadata spells the installed distributions)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    installed: dict[str, str] = {canonicalize_name(d): d for d in _installed_names()}
+    seen: set[str] = set()
+    todo = [dist]
+    while todo:
+        name = todo.pop()
+        key = canonicalize_name(name)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            requires = distribution(name).requires or []
+        except PackageNotFoundError:
+            continue
+        for line in requires:
+            req = Requirement(line)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return {installed[k] for k in seen if k in installed}
+
+
+def _installed_names() -> set[str]:
+    from importlib.metadata import distributions
+
+    return {d.metadata["Name"] for d in distributions()}
 
 
 def log_model(

@@ -217,14 +217,22 @@ def _cache_dir(settings: Settings, name: str, version: str) -> Path:
     return settings.model_cache_dir / name / f"v{version}"
 
 
+def model_file_in(folder: Path) -> Path:
+    """The skops file of a downloaded model folder: at its top (models logged before the pyfunc
+    layout) or under ``artifacts/`` (pyfunc models); the latter path when neither exists."""
+    top = folder / MODEL_FILE
+    return top if top.exists() else folder / "artifacts" / MODEL_FILE
+
+
+def cached_model_file(settings: Settings, name: str, version: str | int) -> Path:
+    """Where the local cache keeps the skops file of ``name`` version ``version``."""
+    return model_file_in(_cache_dir(settings, name, str(version)))
+
+
 def load_artifact(spec: ServiceSpec, path: Path, expected_sha: str | None) -> tuple[Any, str]:
     """Check the skops file's sha256 (when expected), then load it with the code's allow-list.
     ``path`` is the file or a downloaded model folder (pyfunc models keep it under artifacts/)."""
-    file = path
-    if path.is_dir():
-        file = path / MODEL_FILE
-        if not file.exists():
-            file = path / "artifacts" / MODEL_FILE
+    file = model_file_in(path) if path.is_dir() else path
     actual = sha256_file(file)
     if expected_sha and actual != expected_sha:
         raise ModelIntegrityError(
@@ -242,10 +250,8 @@ def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> L
     if not expected:
         raise ModelIntegrityError(f"{spec.name} v{mv.version} has no sha256 tag: refused")
     target = _cache_dir(settings, spec.name, str(mv.version))
-    model_file = next(
-        (f for f in (target / MODEL_FILE, target / "artifacts" / MODEL_FILE) if f.exists()), None
-    )
-    if model_file is None or sha256_file(model_file) != expected:
+    model_file = model_file_in(target)
+    if not model_file.exists() or sha256_file(model_file) != expected:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
