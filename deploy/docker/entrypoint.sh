@@ -10,6 +10,8 @@
 set -eu
 
 role="${PORTFOLIO_SERVICE:-}"
+# Streamlit and the MLflow server print text: jsonlog.py (beside this script) makes each line JSON.
+jsonlog="$(dirname "$(readlink -f "$0")")/jsonlog.py"
 host="${PORTFOLIO_HOST:-0.0.0.0}"
 
 health_url() {
@@ -43,11 +45,12 @@ case "$role" in
         exit 64
         ;;
     dashboard)
-        exec portfolio dashboard --host "$host" --port "${PORTFOLIO_DASHBOARD_PORT:-8501}"
+        exec python "$jsonlog" dashboard -- \
+            portfolio dashboard --host "$host" --port "${PORTFOLIO_DASHBOARD_PORT:-8501}"
         ;;
     mlflow)
         export MLFLOW_HOST="${MLFLOW_HOST:-0.0.0.0}"
-        exec mlflow server
+        exec python "$jsonlog" mlflow -- mlflow server
         ;;
     *)
         exec portfolio serve "$role" --host "$host" --port "${PORTFOLIO_PORT:-8000}"

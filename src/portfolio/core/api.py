@@ -54,24 +54,43 @@ class ModelHolder:
         self.predictor: Predictor | None = None
         self.error: str | None = None
         self.state = "loading"
+        # Why the last champion refresh failed (tracking server unreachable), None once one
+        # succeeds; /ready says "degraded" meanwhile (the model in memory still answers).
+        self.tracking_error: str | None = None
+        self.refreshed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def load_now(self) -> Predictor:
+        t0 = time.perf_counter()
         loaded = registry.load_champion(self.spec, self.settings)
+        t1 = time.perf_counter()
         predictor = Predictor(self.spec, loaded)
         predictor.warm_up()  # before /ready says ready
+        t2 = time.perf_counter()
         with self._lock:
             self.predictor, self.error, self.state = predictor, None, "ready"
         freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
-        log.info("%s v%s loaded (%s)", self.spec.name, loaded.version, loaded.source)
+        # Where a cold start goes (make images reads these): registry fetch, fast-path build+warm-up.
+        log.info(
+            "%s v%s loaded (%s)",
+            self.spec.name,
+            loaded.version,
+            loaded.source,
+            extra={"fetch_s": round(t1 - t0, 3), "warm_up_s": round(t2 - t1, 3)},
+        )
         return predictor
 
     def refresh(self) -> bool:
         """Swap in the current champion if it changed. True when a new version was loaded."""
         registry.configure(self.settings)
-        mv = registry.champion_version(self.spec.name)
+        try:
+            mv = registry.champion_version(self.spec.name)
+        except Exception as exc:
+            self.tracking_error = str(exc)
+            raise
+        self.tracking_error, self.refreshed = None, True
         current = self.predictor.version if self.predictor else None
         if mv is None or str(mv.version) == current:
             return False
@@ -337,7 +356,7 @@ def create_app(
                 {"status": holder.state, "service": spec.name, "detail": holder.error}, status_code=503
             )
         body: dict[str, Any] = {"status": "ready", "service": spec.name, "model_version": p.version}
-        if p.loaded.source != "registry":
+        if holder.tracking_error is not None or (p.loaded.source != "registry" and not holder.refreshed):
             body["status"] = "degraded"
             body["detail"] = "tracking server unreachable: serving the cached champion"
         return JSONResponse(body)
@@ -522,7 +541,12 @@ class RequestContextMiddleware:
         self.max_body = max_body
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
-    async def _too_large(self, send: Any, rid: str) -> None:
+    async def _too_large(self, send: Any, rid: str, receive: Any | None) -> None:
+        # Clients that write the whole body before reading (http.client, urllib) would get a
+        # connection reset instead of the 413 if the socket closed with their body unread: read
+        # and discard the rest first, within a bound, then answer.
+        if receive is not None:
+            await _drain(receive)
         reason = f"request body larger than {self.max_body} bytes"
         await _send_json(send, 413, {"detail": [{"field": "body", "reason": reason}]}, rid)
 
@@ -539,17 +563,19 @@ class RequestContextMiddleware:
         length = headers.get(b"content-length")
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
-                await self._too_large(send, rid)
                 status_holder["status"] = 413
+                await self._too_large(send, rid, receive)
                 return
             received = 0
             too_big = False
+            body_left = True
 
             async def limited_receive() -> dict[str, Any]:
-                nonlocal received, too_big
+                nonlocal received, too_big, body_left
                 message: dict[str, Any] = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
+                    body_left = bool(message.get("more_body", False))
                     if received > self.max_body:
                         too_big = True
                         raise BodyTooLarge()
@@ -567,7 +593,7 @@ class RequestContextMiddleware:
             except BodyTooLarge:
                 if too_big:
                     status_holder["status"] = 413
-                    await self._too_large(send, rid)
+                    await self._too_large(send, rid, receive if body_left else None)
         finally:
             elapsed = time.perf_counter() - start
             endpoint = path if path in _KNOWN else "other"
@@ -609,6 +635,34 @@ _KNOWN = {
 
 class BodyTooLarge(Exception):
     pass
+
+
+# How much of an over-limit body is read and discarded before the 413 (see _too_large): enough for
+# any client that merely overshot the limit, bounded so a huge upload cannot hold a worker.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_MAX_SECONDS = 10.0
+
+
+async def _drain(receive: Any) -> None:
+    """Read and discard the rest of the request body, up to DRAIN_MAX_BYTES / DRAIN_MAX_SECONDS."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_MAX_SECONDS
+    drained = 0
+    while drained <= DRAIN_MAX_BYTES:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return  # the client went away
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 async def _send_json(send: Any, status: int, body: dict[str, Any], rid: str) -> None:
