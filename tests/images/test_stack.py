@@ -18,6 +18,7 @@ import pytest
 from portfolio.core.processes import free_port
 from portfolio.services import SERVICES
 from tests.deploy.conftest import example_record
+from tests.deploy.infra import PRODUCTION_ENV, read_env_file
 from tests.images.conftest import report
 from tests.images.engine import Engine
 from tests.images.stack import Stack, cleanup, compose_stack, third_party_image, wait_for
@@ -39,10 +40,6 @@ def overrides(images: dict[str, str], production: bool) -> dict[str, Any]:
         services[name] = dict(fast)
     if production:
         services["postgres"] = {"image": images[POSTGRES], "healthcheck": {"interval": "2s"}}
-        services["mlflow"]["environment"] = {
-            "MLFLOW_ARTIFACTS_DESTINATION": "/var/lib/portfolio/artifacts",
-            "MLFLOW_S3_ENDPOINT_URL": "",
-        }
     return {"services": services}
 
 
@@ -108,10 +105,14 @@ def stack_for(engine: Engine, images: dict[str, str], production: bool) -> Itera
     profiles: tuple[str, ...] = ()
     if production:
         profiles = ("production",)
+        # deploy/compose/production.env as the README passes it, but MLflow's artifacts stay on
+        # its volume: the S3 store (MinIO) cannot run here.
+        env.update(read_env_file(PRODUCTION_ENV))
         env.update(
             {
                 "POSTGRES_PASSWORD": secrets.token_hex(12),
-                "MLFLOW_BACKEND_STORE_URI": "postgresql+psycopg2://mlflow@postgres:5432/mlflow",
+                "MLFLOW_ARTIFACTS_DESTINATION": "/var/lib/portfolio/artifacts",
+                "MLFLOW_S3_ENDPOINT_URL": "",
             }
         )
     stack = compose_stack(engine, profiles, overrides(images, production), env, work, unavailable=NOT_RUN)

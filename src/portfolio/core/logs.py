@@ -45,6 +45,8 @@ def setup_logging(level: str = "INFO", json_logs: bool = True) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Python warnings (a library's FutureWarning…) become log records: JSON like every other line.
+    logging.captureWarnings(json_logs)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
