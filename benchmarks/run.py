@@ -241,7 +241,7 @@ def main() -> None:
 
 
 def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -> None:
-    libs = ["scikit-learn", "xgboost", "numpy", "pandas", "fastapi", "uvicorn", "pydantic", "mlflow"]
+    libs = ["scikit-learn", "xgboost-cpu", "numpy", "pandas", "fastapi", "uvicorn", "pydantic", "mlflow"]
     lines = [
         "# Serving benchmarks",
         "",

@@ -22,6 +22,11 @@ health_url() {
     esac
 }
 
+# The image's precompiled fast path (Dockerfile) into numba's writable cache, once per container.
+if [ -d /opt/numba-cache ] && [ -n "${NUMBA_CACHE_DIR:-}" ] && [ ! -e "${NUMBA_CACHE_DIR}" ]; then
+    cp -R /opt/numba-cache "${NUMBA_CACHE_DIR}" 2>/dev/null || true
+fi
+
 command="${1:-run}"
 case "$command" in
     run) ;;
@@ -50,6 +55,9 @@ case "$role" in
         ;;
     mlflow)
         export MLFLOW_HOST="${MLFLOW_HOST:-0.0.0.0}"
+        # Default stores: the image's volume (/var/lib/portfolio), never the read-only /app.
+        export MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:////var/lib/portfolio/mlflow.db}"
+        export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-/var/lib/portfolio/artifacts}"
         exec python "$jsonlog" mlflow -- mlflow server
         ;;
     *)

@@ -33,7 +33,13 @@ pytestmark = pytest.mark.integration
 def report(config: pytest.Config, line: str) -> None:
     """Print ``line`` in pytest's output (not captured), e.g. which base image was used."""
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None:
+        return
+    if capture is None:
+        reporter.write_line(line)
+        return
+    with capture.global_and_fixture_disabled():
         reporter.write_line(line)
 
 

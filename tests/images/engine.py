@@ -309,6 +309,7 @@ def train_all(engine: Engine, tracking_url: str, image: str) -> str:
     mounted read-only, reduced CV folds and bootstrap rounds); returns what it printed."""
     data = ROOT / "data" / "raw"
     argv = ["run", "--rm", "--label", LABEL, "--network", "host", "--read-only", "--tmpfs", "/tmp"]
+    argv += ["--no-healthcheck"]  # a one-shot job: no server for the image's probe to find
     argv += ["-v", f"{data}:/app/data/raw:ro", "-e", f"MLFLOW_TRACKING_URI={tracking_url}"]
     argv += ["-e", "PORTFOLIO_CV_FOLDS=2", "-e", "PORTFOLIO_BOOTSTRAP_ROUNDS=50"]
     return engine(*argv, image, "portfolio", "train", "all", timeout=1800).stdout

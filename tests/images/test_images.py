@@ -168,7 +168,9 @@ def test_mlflow_stopped_then_started_again(engine: Engine, deployment: Deploymen
     # A new version of the same model, promoted while the API keeps serving the old one.
     client = MlflowClient(tracking_uri=deployment.mlflow.url, registry_uri=deployment.mlflow.url)
     current = client.get_model_version_by_alias(name, registry.CHAMPION)
-    new = client.create_model_version(name, str(current.source), run_id=current.run_id, tags=current.tags)
+    new = client.create_model_version(
+        name, str(current.source), run_id=current.run_id, tags=current.tags, model_id=current.model_id
+    )
     client.set_registered_model_alias(name, registry.CHAMPION, new.version)
     deadline = time.monotonic() + 120
     ready: dict[str, object] = {}

@@ -526,7 +526,25 @@ def champion_gate(
 
 
 def _pip_requirements() -> list[str]:
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    pkgs = ["scikit-learn", "xgboost", "skops", "pandas", "numpy", "imbalanced-learn"]
-    return [f"{p}=={version(p)}" for p in pkgs] + ["ml-mlops-portfolio"]
+    out = []
+    # Each entry: distributions that provide the module, first installed wins (the lock pins
+    # xgboost-cpu, XGBoost's CPU-only wheel of the same `xgboost` module).
+    for names in (
+        ("scikit-learn",),
+        ("xgboost-cpu", "xgboost"),
+        ("skops",),
+        ("pandas",),
+        ("numpy",),
+        ("imbalanced-learn",),
+    ):
+        for name in names:
+            try:
+                out.append(f"{name}=={version(name)}")
+                break
+            except PackageNotFoundError:
+                continue
+        else:
+            raise PackageNotFoundError(names[0])
+    return [*out, "ml-mlops-portfolio"]
