@@ -55,13 +55,18 @@ def api_cold_start(engine: Engine, image: str, role: str, tracking: str) -> dict
     try:
         ready = wait_until(f"{container.url}/ready", container)
         out = {"ready_s": ready}
-        for line in container.logs().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and "fetch_s" in record:
-                out["fetch_s"], out["warm_up_s"] = record["fetch_s"], record["warm_up_s"]
+        # The load line is written just after /ready turns 200: give it a moment (older images
+        # do not write one).
+        deadline = time.monotonic() + 5
+        while "fetch_s" not in out and time.monotonic() < deadline:
+            for line in container.logs().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "fetch_s" in record:
+                    out["fetch_s"], out["warm_up_s"] = record["fetch_s"], record["warm_up_s"]
+            time.sleep(0.2)
         return out
     finally:
         engine("rm", "-f", container.id, check=False)
@@ -135,8 +140,7 @@ def main() -> None:
         rows.append(
             (image_name("mlflow"), f"{sizes['mlflow'] / 1e6:,.0f}", f"{mlflow_ready:.1f}", "to /health")
         )
-        for image in args.before:
-            role = next(iter(SERVICES))
+        for image, role in ((image, role) for image in args.before for role in SERVICES):
             phases = api_cold_start(engine, image, role, mlflow.url)
             rows.append(
                 (

@@ -59,17 +59,21 @@ http {
     sendfile on;
     keepalive_timeout 65;
     include /etc/nginx/conf.d/*.conf;
+    include /tmp/nginx-conf.d/*.conf;
 }
 """
 
-# The official image's template step: /etc/nginx/templates/*.template → conf.d with envsubst,
-# substituting only variables that are set (nginx's own $variables stay).
+# The official image's template step: /etc/nginx/templates/*.template rendered with envsubst,
+# substituting only variables that are set (nginx's own $variables stay); into conf.d when it is
+# writable (the official image's place), else into /tmp (the tmpfs compose gives it).
 NGINX_ENTRYPOINT = r"""#!/bin/sh
 set -eu
 vars="$(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/${\1}/p' | tr '\n' ' ')"
+dir=/etc/nginx/conf.d
+[ -w "$dir" ] || { dir=/tmp/nginx-conf.d; mkdir -p "$dir"; }
 for t in /etc/nginx/templates/*.template; do
     [ -f "$t" ] || continue
-    out="/etc/nginx/conf.d/$(basename "$t" .template)"
+    out="$dir/$(basename "$t" .template)"
     envsubst "$vars" < "$t" > "$out"
 done
 exec "$@"
