@@ -313,3 +313,13 @@ def train_all(engine: Engine, tracking_url: str, image: str) -> str:
     argv += ["-v", f"{data}:/app/data/raw:ro", "-e", f"MLFLOW_TRACKING_URI={tracking_url}"]
     argv += ["-e", "PORTFOLIO_CV_FOLDS=2", "-e", "PORTFOLIO_BOOTSTRAP_ROUNDS=50"]
     return engine(*argv, image, "portfolio", "train", "all", timeout=1800).stdout
+
+
+def crash(engine: Engine, cid: str) -> None:
+    """SIGKILL the container's main process from the host, as a crash or the OOM killer would
+    (`docker kill` counts as a manual stop, which restart policies leave alone)."""
+    import signal
+
+    pid = int(engine("inspect", "--format", "{{.State.Pid}}", cid).stdout.strip())
+    assert pid > 0, f"{cid} is not running"
+    os.kill(pid, signal.SIGKILL)

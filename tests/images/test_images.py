@@ -17,7 +17,7 @@ from portfolio.core import registry
 from portfolio.services import SERVICES
 from tests.deploy.conftest import example_record
 from tests.images.conftest import Deployment
-from tests.images.engine import API_ROLES, Engine, image_size, wait_healthy, wait_until
+from tests.images.engine import API_ROLES, Engine, crash, image_size, wait_healthy, wait_until
 
 pytestmark = pytest.mark.integration
 API_IMAGE_MAX_BYTES = 950 * 1000 * 1000
@@ -187,7 +187,7 @@ def test_killed_api_container_is_restarted_healthy(engine: Engine, deployment: D
     name = next(r for r in API_ROLES if r in deployment.apis) if set(API_ROLES) & set(deployment.apis) else ""
     api = deployment.apis[name or next(iter(deployment.apis))]
     restarts = api.inspect()["RestartCount"]
-    engine("kill", api.id, timeout=60)
+    crash(engine, api.id)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and api.inspect()["RestartCount"] == restarts:
         time.sleep(0.5)

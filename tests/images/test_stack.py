@@ -20,7 +20,7 @@ from portfolio.services import SERVICES
 from tests.deploy.conftest import example_record
 from tests.deploy.infra import PRODUCTION_ENV, read_env_file
 from tests.images.conftest import report
-from tests.images.engine import Engine
+from tests.images.engine import Engine, crash
 from tests.images.stack import Stack, cleanup, compose_stack, third_party_image, wait_for
 from tests.images.test_images import post_raw
 
@@ -149,7 +149,7 @@ def test_killed_api_container_comes_back_through_the_gateway(default_stack: Stac
     name = next(iter(SERVICES))
     cid = default_stack.container(name)
     restarts = json.loads(default_stack.engine("inspect", cid).stdout)[0]["RestartCount"]
-    default_stack.engine("kill", cid)
+    crash(default_stack.engine, cid)
     wait_for(
         lambda: json.loads(default_stack.engine("inspect", cid).stdout)[0]["RestartCount"] > restarts,
         60,
