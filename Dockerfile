@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# One Dockerfile, one image per role of the platform: each service's API (any registered service
-# name), the CarVision dashboard and the MLflow tracking server:
+# One Dockerfile, one image per role of the platform: each service's API (bankchurn, carvision,
+# telecom, plan: any registered service), the CarVision dashboard and the MLflow tracking server:
 #   docker build --build-arg SERVICE=<role> -t portfolio-<role>:local .
 # Each image carries only its role's dependencies (deploy/docker/requirements.py reads them from
 # pyproject.toml; versions are the lock's) and bakes its role as the default PORTFOLIO_SERVICE.

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run test lint typecheck unit repro clean help bench soak images
+.PHONY: install data run test lint typecheck unit repro clean help bench soak cv images
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,9 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 data: $(STAMP) ## Pull the raw CSVs from the DVC remote (../shared/dvc-store) when missing
-	@for f in data/raw/*.dvc; do test -f "$${f%.dvc}" || { $(BIN)/dvc pull -q && break; }; done
+	@# One pull fetches every missing file; a failed pull stops make (a loop's status is only
+	@# its last iteration's, so the failure must exit the shell itself).
+	@for f in data/raw/*.dvc; do test -f "$${f%.dvc}" || { $(BIN)/dvc pull -q || exit 1; break; }; done
 
 run: install ## Train what has no champion, start MLflow + the APIs; Ctrl-C stops all
 	$(BIN)/portfolio up
@@ -44,6 +46,10 @@ unit: install ## pytest only
 
 test: install lint typecheck ## lint + types + the whole test suite
 	$(BIN)/pytest
+
+CV_REPEATS ?= 3
+cv: install ## Repeated cross-validation estimate (mean ± sd over CV_REPEATS x 5 folds) of every service → reports/cv.json
+	nice -n 10 $(BIN)/portfolio cv all --repeats $(CV_REPEATS) --output reports/cv.json
 
 repro: install ## Run the DVC pipeline (validate → train → evaluate per service)
 	$(BIN)/dvc repro

@@ -42,7 +42,7 @@ from portfolio.services import SERVICES  # noqa: E402
 DOC = ROOT / "docs" / "benchmarks.md"
 START, END = "<!-- images:start -->", "<!-- images:end -->"
 IMPORTS = (
-    "import time; t = time.perf_counter(); import portfolio.core.api, portfolio.services, uvicorn; "
+    "import time; t = time.perf_counter(); import portfolio.app, portfolio.services, uvicorn; "
     "print(round(time.perf_counter() - t, 3))"
 )
 

@@ -35,7 +35,7 @@ def ensure_wrk() -> str:
 
 
 def ensure_champions(settings: Settings, names: Sequence[str]) -> None:
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     registry.configure(settings)
     for spec in (SERVICES[n] for n in names):

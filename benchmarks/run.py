@@ -29,9 +29,9 @@ import pandas as pd
 from loadgen import ensure_champions, sample_records, serve_api
 
 from portfolio.core import registry
-from portfolio.core.inference import Predictor
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
 from portfolio.core.schema import request_model
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings, get_settings
 from portfolio.services import SERVICES
 
@@ -264,7 +264,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "",
         "## How the fast path works (and why not ONNX or treelite)",
         "",
-        "At load time each champion pipeline is compiled (`src/portfolio/core/fastpath.py`) into numpy",
+        "At load time each champion pipeline is compiled (`src/portfolio/core/fastpath/`) into numpy",
         "code: the fitted imputers, scalers and one-hot encoders become array operations, service",
         "feature steps run through their columnar `transform_columns`, and the trees are walked by",
         "a numba-compiled, branch-free kernel: nodes laid out level by level, siblings side by side,",
@@ -274,7 +274,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "64-row blocks (copied column-major), split across cores from 512 rows; every size and both",
         "libraries take the walk (for 1,000 rows of 800 depth-6 trees it is about twice as fast as",
         "XGBoost's own predictor). Exact",
-        "parity (`tests/core/parity.py`: 1,000 real rows per service, whole and in small groups; a",
+        "parity (`tests/support/parity.py`: 1,000 real rows per service, whole and in small groups; a",
         "threshold-edge test for both libraries), and a pipeline fallback that `/model` reports.",
         "ONNX would add onnxruntime plus converters for the custom feature steps; treelite's",
         "interpreter took ~210 µs for one row of an 800-tree booster (the first numba walk ~60 µs,",
@@ -334,7 +334,7 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float]) -
         "  request on one core (BankChurn: 1/throughput minus in-process p50), so >= 1,000 req/s",
         "  needs an in-process time near 0.5 ms.",
         "- Workers (`--workers N`, `PORTFOLIO_WORKERS`): each worker listens on its own socket",
-        "  (SO_REUSEPORT, `core/workers.py`), so the kernel spreads new connections over the",
+        "  (SO_REUSEPORT, `core/serving/workers.py`), so the kernel spreads new connections over the",
         "  workers. uvicorn's own workers share one socket, and the first to wake accepts every",
         "  waiting connection: on 2026-12-04 its two CarVision workers answered wrk's 8 keep-alive",
         "  connections at 1,935 req/s against 1,966 with one (one worker at 100% CPU, the other",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from portfolio.core.settings import Settings, get_settings
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 
 # Tests must never touch the developer's own state or phone home.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -52,7 +52,7 @@ def data_dir() -> Path:
 def bank_state(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Settings:
     """A state dir with one trained BankChurn champion (trained once per test session)."""
     from portfolio.bankchurn.spec import SPEC
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     state = tmp_path_factory.mktemp("bank-state")
     settings = make_settings(state)

@@ -13,7 +13,7 @@ from typing import Any
 from detect_secrets import SecretsCollection
 from detect_secrets.settings import default_settings
 
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 ALLOWLIST = ROOT / "tests" / "secrets_allowlist.toml"
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Container entrypoint (the image's ENTRYPOINT; tests/deploy runs this very file as an
 # unprivileged user). The role comes from PORTFOLIO_SERVICE:
-#   bankchurn | carvision | telecom  the service's API   (`portfolio serve`, port PORTFOLIO_PORT)
+#   bankchurn | carvision | telecom | plan  the service's API   (`portfolio serve`, port PORTFOLIO_PORT)
 #   dashboard                        the CarVision dashboard (port PORTFOLIO_DASHBOARD_PORT)
 #   mlflow                           the MLflow tracking server, configured by MLFLOW_* variables
 #                                    (MLFLOW_BACKEND_STORE_URI, MLFLOW_ARTIFACTS_DESTINATION, …)
@@ -46,7 +46,7 @@ esac
 
 case "$role" in
     "")
-        echo "PORTFOLIO_SERVICE is not set: choose bankchurn, carvision, telecom, dashboard or mlflow" >&2
+        echo "PORTFOLIO_SERVICE is not set: choose bankchurn, carvision, telecom, plan, dashboard or mlflow" >&2
         exit 64
         ;;
     dashboard)

@@ -1,4 +1,4 @@
-"""`portfolio`: train, predict, evaluate, learning-curve, serve, promote, validate, drift, models,
+"""`portfolio`: train, predict, evaluate, learning-curve, cv, serve, promote, validate, drift, models,
 dashboard, up."""
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def train(
     ] = None,
 ) -> None:
     """Cross-validate, fit, evaluate, log to MLflow, register and gate (`all` trains every service)."""
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     settings = _settings()
     names = list(SERVICES) if service == "all" else [service]
@@ -123,21 +123,15 @@ def train(
 
 def _predictor(service: str, version: str | None) -> Any:
     from portfolio.core import registry
-    from portfolio.core.inference import Predictor
+    from portfolio.core.serving.inference import load_predictor
 
     settings = _settings()
     spec = _spec(service)
-    registry.configure(settings)
     try:
-        loaded = (
-            registry.load_version(spec, settings, version)
-            if version
-            else registry.load_champion(spec, settings)
-        )
+        return load_predictor(spec, settings, version or None)
     except registry.NoChampionError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
-    return Predictor(spec, loaded)
 
 
 @app.command()
@@ -156,7 +150,7 @@ def predict(
     ] = True,
 ) -> None:
     """Batch-score a CSV: one output row per input row, same order; invalid rows get `error`."""
-    from portfolio.core.batch import InputFileError, predict_csv
+    from portfolio.core.serving.batch import InputFileError, predict_csv
 
     if not input.exists():
         console.print(f"[red]input file not found: {input}[/red]")
@@ -209,7 +203,7 @@ def evaluate(
 ) -> None:
     """Metrics (with 95% bootstrap intervals) of the champion on labeled data, printed as JSON."""
     from portfolio.core.data import DataUnavailableError, load_training_data
-    from portfolio.core.training import evaluate_model, split
+    from portfolio.core.training.train import evaluate_model, split
 
     predictor = _predictor(service, version)
     settings = get_settings()
@@ -245,7 +239,7 @@ def evaluate(
         # A refit version has seen the hold-out: `metrics` (what `dvc metrics show` and
         # `dvc metrics diff` read) are the hold-out figures its training run logged for the
         # same setup fitted on the training split; the re-scored ones are kept apart.
-        from portfolio.core.evaluation import unflatten
+        from portfolio.core.training.evaluation import unflatten
 
         # The loaded model carries its training run's metrics (also offline, from the cache).
         logged = unflatten("test", predictor.loaded.metrics)
@@ -293,8 +287,8 @@ def learning_curve_cmd(
 ) -> None:
     """Held-out metrics against the number of training rows: would more data help? (Fits the
     candidate once per fraction and repeat; params from params.yaml.)"""
-    from portfolio.core.learning_curve import learning_curve
-    from portfolio.core.training import load_params
+    from portfolio.core.training.learning_curve import learning_curve
+    from portfolio.core.training.train import load_params
 
     settings = _settings()
     spec = _spec(service)
@@ -335,6 +329,69 @@ def learning_curve_cmd(
     out.print(curve.to_markdown())
     if output:
         _write_text(output, json.dumps(curve.summary(), indent=2))
+
+
+@app.command("cv")
+def cv_cmd(
+    service: Annotated[str, typer.Argument(help=f"Service: {', '.join(SERVICES)}, or all")],
+    candidate: Annotated[
+        str | None, typer.Option(help="One candidate model (default: every candidate of the service).")
+    ] = None,
+    repeats: Annotated[int, typer.Option(help="Repeats, each with its own shuffle into folds.")] = 3,
+    folds: Annotated[int | None, typer.Option(help="Folds per repeat (default PORTFOLIO_CV_FOLDS).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Also write the JSON here.")] = None,
+) -> None:
+    """Repeated cross-validation estimate of each candidate on every usable row: threshold-free
+    metrics and the decision rule (threshold or interval, chosen on the other folds) as
+    mean ± sd (min-max) over repeats x folds. Params from params.yaml."""
+    from portfolio.core.training.cv import repeated_cv, to_markdown
+    from portfolio.core.training.train import load_params
+
+    settings = _settings()
+    specs = [get_spec(n) for n in SERVICES] if service == "all" else [_spec(service)]
+    if candidate is not None and len(specs) > 1:
+        console.print("[red]--candidate needs one service, not all[/red]")
+        raise typer.Exit(2)
+    results: dict[str, Any] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    for spec in specs:
+        names = [candidate] if candidate else list(spec.candidates)
+        all_params = load_params(spec.name, settings).get("candidates") or {}
+        estimates = []
+        with Progress(*columns, console=console) as bar:
+            for name in names:
+                task = bar.add_task(f"{spec.name}: repeated CV {name}", total=None)
+
+                def show(desc: str, done: int, total: int, task: Any = task) -> None:
+                    bar.update(task, completed=done, total=total)
+
+                try:
+                    estimates.append(
+                        repeated_cv(
+                            spec,
+                            settings,
+                            name,
+                            dict(all_params.get(name) or {}),
+                            repeats=repeats,
+                            folds=folds,
+                            progress=show,
+                        )
+                    )
+                except ValueError as exc:
+                    console.print(f"[red]{exc}[/red]")
+                    raise typer.Exit(2) from None
+        best = max(
+            estimates,
+            key=lambda e: e.mean(spec.primary_metric) * (1 if spec.primary_higher_is_better else -1),
+        )
+        out.print(
+            f"{spec.title}: {best.rows:,} rows, {best.repeats} x {best.folds}-fold CV; "
+            f"best by mean {spec.primary_metric}: {best.candidate}\n"
+        )
+        out.print(to_markdown(estimates))
+        results[spec.name] = {"chosen": best.candidate, "candidates": [e.summary() for e in estimates]}
+    if output:
+        _write_text(output, json.dumps(results, indent=2))
 
 
 def _refit_holdout_note(spec: Any, version: str) -> str | None:
@@ -401,20 +458,15 @@ def drift(
     """Data drift of a batch vs the training data: per feature PSI + KS (numeric) or PSI + chi-square
     (categorical), a threshold and `drifted`; overall `drift_detected`. Writes JSON and HTML."""
     from portfolio.core import registry
-    from portfolio.core.inference import Predictor
-    from portfolio.core.monitoring import DriftInputError, ReferenceUnavailable, drift_from_files, write_html
+    from portfolio.core.monitoring.reference import ReferenceUnavailable
+    from portfolio.core.monitoring.report import DriftInputError, drift_from_files, write_html
+    from portfolio.core.serving.inference import load_predictor
 
     settings = _settings()
     spec = _spec(service)
-    registry.configure(settings)
     predictor = None
     try:
-        loaded = (
-            registry.load_version(spec, settings, version)
-            if version
-            else registry.load_champion(spec, settings)
-        )
-        predictor = Predictor(spec, loaded)
+        predictor = load_predictor(spec, settings, version or None)
     except registry.NoChampionError as exc:
         if reference is None:
             console.print(f"[red]{exc}[/red]")
@@ -442,6 +494,48 @@ def drift(
     )
     if fail_on_drift and report["drift_detected"]:
         raise typer.Exit(1)
+
+
+@app.command()
+def explain(
+    service: ServiceArg,
+    record: Annotated[str, typer.Argument(help="One record as JSON, or a path to a .json file.")],
+    version: Annotated[str | None, typer.Option(help="Registered version (default: champion).")] = None,
+) -> None:
+    """One record's prediction plus per-field contributions that add up, with the base value, to
+    the model output (as `POST /explain`), as JSON."""
+    from pydantic import ValidationError
+
+    from portfolio.core.explain.record import explain_record
+    from portfolio.core.monitoring.reference import ReferenceUnavailable, load_reference
+    from portfolio.core.schema import request_model
+
+    spec = _spec(service)
+    text = Path(record).read_text() if record.endswith(".json") else record
+    try:
+        values = (
+            request_model(f"{spec.name.title()}Record", spec.fields).model_validate_json(text).model_dump()
+        )
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            field = ".".join(str(p) for p in err["loc"]) or "record"
+            console.print(f"[red]{field}: {err['msg']}[/red]")
+        raise typer.Exit(2) from None
+    settings = _settings()
+    predictor = _predictor(service, version)
+    why = ""
+    try:
+        background = load_reference(spec, settings, predictor.loaded.run_id, predictor.version).sample_frame(
+            spec
+        )
+    except ReferenceUnavailable as exc:
+        background, why = None, str(exc)
+    try:
+        body = explain_record(predictor, values, background, why)
+    except ReferenceUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
+    print(json.dumps(body | {"model_version": predictor.version}, indent=2))
 
 
 @app.command()
@@ -510,14 +604,14 @@ def serve(
     import uvicorn
 
     from portfolio.core.logs import setup_logging, uvicorn_log_config
-    from portfolio.core.workers import reuse_port_supported, serve_workers
+    from portfolio.core.serving.workers import reuse_port_supported, serve_workers
 
     settings = _settings()
     setup_logging(settings.log_level)  # a server's every line is JSON (log collectors parse them)
     _spec(service)
     os.environ["PORTFOLIO_SERVICE"] = service
     config: dict[str, Any] = {
-        "app": "portfolio.core.api:app_from_env",
+        "app": "portfolio.app:app_from_env",
         "factory": True,
         "host": host or settings.host,
         "port": port or settings.port,
@@ -529,7 +623,7 @@ def serve(
     n = workers or settings.workers
     if n > 1 and reuse_port_supported():
         # A listening socket per worker, so keep-alive clients spread over the workers
-        # (core/workers.py says why uvicorn's shared socket does not).
+        # (core/serving/workers.py says why uvicorn's shared socket does not).
         sys.exit(serve_workers(config, n))
     # uvicorn answers SIGTERM/SIGINT with a graceful shutdown (in-flight requests complete), then
     # re-raises the signal to the handler it found: make that a clean exit (0), not death by signal.
@@ -561,7 +655,7 @@ def up(
     services: Annotated[str, typer.Option(help="Comma-separated services to run.")] = ",".join(SERVICES),
 ) -> None:
     """Train any service without a champion, start a real MLflow server and the APIs; Ctrl-C stops all."""
-    from portfolio.core.stack import run_stack
+    from portfolio.stack import run_stack
 
     settings = _settings()
     names = [s.strip() for s in services.split(",") if s.strip()]

@@ -5,9 +5,10 @@ from __future__ import annotations
 from portfolio.bankchurn.spec import SPEC as BANKCHURN
 from portfolio.carvision.spec import SPEC as CARVISION
 from portfolio.core.spec import ServiceSpec
+from portfolio.plan.spec import SPEC as PLAN
 from portfolio.telecom.spec import SPEC as TELECOM
 
-SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN, CARVISION, TELECOM)}
+SERVICES: dict[str, ServiceSpec] = {s.name: s for s in (BANKCHURN, CARVISION, TELECOM, PLAN)}
 
 
 def get_spec(name: str) -> ServiceSpec:

@@ -18,9 +18,9 @@ import pytest
 
 from portfolio.bankchurn.spec import SPEC
 from portfolio.core.settings import Settings
-from tests.fuzz import assert_fuzz_clean
-from tests.helpers import ROOT
-from tests.live import live_api, state_env
+from tests.support.fuzz import assert_fuzz_clean
+from tests.support.helpers import ROOT
+from tests.support.live import live_api, state_env
 
 pytestmark = pytest.mark.integration
 

@@ -14,12 +14,12 @@ from fastapi.testclient import TestClient
 
 from portfolio.bankchurn.spec import SPEC
 from portfolio.core import registry
-from portfolio.core.api import create_app
 from portfolio.core.data import load_training_data, read_raw_csv
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
-from tests.helpers import ROOT, wait_ready
+from tests.support.helpers import ROOT, wait_ready
 
 RECORD = {
     "CreditScore": 619, "Geography": "France", "Gender": "Female", "Age": 42, "Tenure": None,
@@ -66,8 +66,16 @@ def test_cross_validated_quality_and_stored_threshold(bank_state: Settings) -> N
     mv = registry.champion_version("bankchurn")
     assert mv is not None
     metrics = MlflowClient().get_run(mv.run_id).data.metrics
-    assert metrics["cv_roc_auc"] >= 0.85
-    assert metrics["cv_f1"] >= 0.58
+    # Near what the training run measured on 2026-12-06 (default params, seed 42), less two sds of
+    # its sampling spread (the bootstrap 95% CI's width / 3.92): CV ROC-AUC 0.8674 [0.8581,
+    # 0.8759], F1 0.6375 [0.6190, 0.6555]; hold-out (1,700 rows) ROC-AUC 0.8570 [0.8333, 0.8740].
+    for key, measured, ci_low, ci_high in (
+        ("cv_roc_auc", 0.8674, 0.8581, 0.8759),
+        ("cv_f1", 0.6375, 0.6190, 0.6555),
+        ("test_roc_auc", 0.8570, 0.8333, 0.8740),
+    ):
+        sd = (ci_high - ci_low) / 3.92
+        assert metrics[key] >= measured - 2 * sd, (key, metrics[key], measured - 2 * sd)
     assert metrics["cv_roc_auc_ci_low"] < metrics["cv_roc_auc"] < metrics["cv_roc_auc_ci_high"]
     loaded = registry.load_champion(SPEC, bank_state)
     params = MlflowClient().get_run(mv.run_id).data.params
@@ -179,3 +187,27 @@ def test_cli_learning_curve(bank_state: Settings, tmp_path: Path) -> None:
     # Bad arguments exit 2 with the core's message (each message: tests/core/test_learning_curve.py).
     r = portfolio("learning-curve", "bankchurn", "--fractions", "0,1", settings=bank_state)
     assert r.returncode == 2 and "fractions must be in (0, 1], got [0.0]" in r.stderr
+
+
+def test_cli_cv(data_dir: Path, tmp_path: Path) -> None:
+    """`portfolio cv`: repeated CV on the real rows (no champion needed), a table and the JSON."""
+    settings = make_settings(tmp_path / "state")
+    out_json = tmp_path / "cv.json"
+    r = portfolio(
+        "cv", "bankchurn", "--candidate", "logistic_baseline", "--repeats", "2", "--folds", "3",
+        "--output", str(out_json), settings=settings,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "BankChurn Predictor: 8,500 rows, 2 x 3-fold CV" in r.stdout
+    assert "| logistic_baseline | 2 x 3 | 0.7" in r.stdout  # ROC-AUC mean ± sd (min-max) first
+    body = json.loads(out_json.read_text())["bankchurn"]
+    assert body["chosen"] == "logistic_baseline"
+    est = body["candidates"][0]
+    assert len(est["values"]["roc_auc"]) == 6 and len(est["repeat_means"]["f1"]) == 2
+    assert 0.7 < est["mean"]["roc_auc"] < 0.85 and 0 < est["std"]["roc_auc"] < 0.05
+    assert 0.3 < est["mean"]["threshold"] < 0.8
+    # Bad arguments exit 2 with the core's message (each message: tests/core/test_cv.py).
+    r = portfolio("cv", "bankchurn", "--repeats", "0", settings=settings)
+    assert r.returncode == 2 and "repeats must be at least 1, got 0" in r.stderr
+    r = portfolio("cv", "all", "--candidate", "xgboost", settings=settings)
+    assert r.returncode == 2 and "--candidate needs one service" in r.stderr

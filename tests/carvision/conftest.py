@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from portfolio.carvision.spec import SPEC
-from tests.helpers import ROOT
-from tests.live import TrainedService, live_api, train_real
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, live_api, train_real
 
 DATA_FILE = ROOT / "data" / "raw" / SPEC.data_file
 

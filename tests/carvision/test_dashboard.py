@@ -13,10 +13,10 @@ from portfolio.carvision.dashboard import data as D
 from portfolio.carvision.spec import SPEC
 from portfolio.carvision.spec import SPEC as CARVISION
 from portfolio.core import registry
-from portfolio.core.inference import Predictor
 from portfolio.core.processes import free_port
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import get_settings
-from tests.live import TrainedService, require_data
+from tests.support.live import TrainedService, require_data
 
 pytestmark = pytest.mark.integration
 

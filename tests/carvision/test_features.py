@@ -12,7 +12,8 @@ from pydantic import ValidationError
 from portfolio.carvision.cleaning import PRICE_MAX, PRICE_MIN, TRAINING_RULES, clean_training
 from portfolio.carvision.features import CategoryCodes, PriceStats, VehicleFeatures, group_keys
 from portfolio.carvision.spec import SPEC
-from portfolio.core.fastpath import compile_pipeline, frame_to_columns, to_columns
+from portfolio.core.fastpath.columns import frame_to_columns, to_columns
+from portfolio.core.fastpath.pipeline import compile_pipeline
 from portfolio.core.schema import request_model, validate_frame
 
 MODELS = ["ford f-150", "toyota camry", "honda civic", "chevrolet silverado 1500", "jeep wrangler"]

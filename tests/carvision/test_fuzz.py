@@ -1,10 +1,11 @@
-"""CarVision API fuzzed from its own OpenAPI schema (see tests/fuzz.py), on the session's real server."""
+"""CarVision API fuzzed from its own OpenAPI schema (see tests/support/fuzz.py), on the session's real
+server."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.fuzz import assert_fuzz_clean
+from tests.support.fuzz import assert_fuzz_clean
 
 pytestmark = pytest.mark.integration
 

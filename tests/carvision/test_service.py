@@ -14,9 +14,9 @@ from mlflow.tracking import MlflowClient
 from portfolio.carvision.spec import SPEC
 from portfolio.core import registry
 from tests.carvision.conftest import RECORD
-from tests.core.parity import assert_fast_path_parity
-from tests.helpers import ROOT
-from tests.live import TrainedService, require_data
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, require_data
+from tests.support.parity import assert_fast_path_parity
 
 pytestmark = pytest.mark.integration
 
@@ -30,6 +30,19 @@ def portfolio(trained: TrainedService, *args: str) -> subprocess.CompletedProces
     )  # fmt: skip
 
 
+# Measured by the training run of the served model code (model card; docs/carvision-accuracy.md).
+MEASURED_CV = {"rmse": 3_201.0, "r2": 0.8843}
+MEASURED_HOLDOUT = {"rmse": 3_092.0, "r2": 0.8909}
+
+
+def _spread(rows: int) -> tuple[float, float]:
+    """Sample-to-sample sd of RMSE and R² on ``rows`` test rows: the learning curve's sd over 10
+    random 4,259-row test samples at full size ($111, 0.0070; docs/carvision-accuracy.md),
+    scaled by 1/sqrt(rows) like a sampling error."""
+    scale = (4_259 / rows) ** 0.5
+    return 111.0 * scale, 0.0070 * scale
+
+
 def test_training_run_quality_candidates_and_interval(carvision_trained: TrainedService) -> None:
     out = carvision_trained.outcome
     assert out.alias == "champion" and out.version == "1"
@@ -38,9 +51,14 @@ def test_training_run_quality_candidates_and_interval(carvision_trained: Trained
     best = min(out.candidates, key=lambda n: out.candidates[n]["cv_rmse"])
     assert out.best == best == "xgboost"
     assert out.candidates["xgboost"]["cv_rmse"] < out.candidates["random_forest"]["cv_rmse"] - 200
-    # Quality well above the upstream model (R² 0.77, RMSE $4,396) on the $1k-$100k listings.
-    assert out.cv["r2"]["value"] >= 0.86 and out.cv["rmse"]["value"] <= 3_500
-    assert out.test["r2"]["value"] >= 0.86 and out.test["rmse"]["value"] <= 3_500
+    # Quality near what this training run measures (docs/carvision-accuracy.md: CV RMSE $3,201,
+    # R² 0.8843; hold-out $3,092, 0.8909), less two sds of the sample-to-sample spread.
+    used = out.data_report["rows_used"]
+    n_test = round(used * carvision_trained.settings.test_size)
+    for split, measured, rows in ((out.cv, MEASURED_CV, used - n_test), (out.test, MEASURED_HOLDOUT, n_test)):
+        rmse_sd, r2_sd = _spread(rows)
+        assert split["rmse"]["value"] <= measured["rmse"] + 2 * rmse_sd, (split["rmse"], rmse_sd)
+        assert split["r2"]["value"] >= measured["r2"] - 2 * r2_sd, (split["r2"], r2_sd)
     for split in (out.cv, out.test):
         assert split["rmse"]["ci_low"] < split["rmse"]["value"] < split["rmse"]["ci_high"]
     # The 80% split-conformal interval holds its coverage on the hold-out.
@@ -97,8 +115,8 @@ def test_cli_predict_contract(carvision_trained: TrainedService, tmp_path) -> No
     price, low, high = (good[c].astype(float) for c in ("price", "price_low", "price_high"))
     assert ((low < price) & (price < high)).all() and (price > 0).all()
     # Same order: the scored rows line up with the model's own predictions for those rows.
-    from portfolio.core.inference import Predictor
     from portfolio.core.schema import validate_frame
+    from portfolio.core.serving.inference import Predictor
 
     pred = Predictor(SPEC, registry.load_champion(SPEC, carvision_trained.settings))
     typed = validate_frame(raw, SPEC.fields)

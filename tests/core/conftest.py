@@ -6,12 +6,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from portfolio.bankchurn.spec import SPEC as BANK
-from portfolio.core.api import create_app
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
-from portfolio.core.training import train_service
+from portfolio.core.training.train import train_service
 from tests.conftest import make_settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 
 @pytest.fixture(scope="session")

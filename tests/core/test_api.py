@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from portfolio.core.api import create_app
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
 from tests.conftest import make_settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 

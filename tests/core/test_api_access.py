@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from portfolio.core.api import create_app
+from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 GOOD = {"x1": 0.5, "x2": 3, "color": "red", "noise": 0.0}
 SECRET = "s3cret-key-123"
@@ -66,7 +67,10 @@ def test_keys_and_bodies_never_reach_the_logs(client: TestClient, caplog: pytest
     client.post("/predict", json=GOOD | {"noise": 0.123456}, headers={"Authorization": f"Bearer {SECRET}"})
     client.post("/predict", json=GOOD, headers={"X-API-Key": "wrong-" + SECRET})
     client.post("/admin/reload", headers={"X-API-Key": ADMIN})
-    text = "\n".join(JsonFormatter().format(r) for r in caplog.records)
-    assert "request" in text  # the access log line is there …
+    lines = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    # The access log line of each request is there, with what it is for …
+    access = [(x["method"], x["path"], x["status"]) for x in lines if x["msg"] == "request"]
+    assert access == [("POST", "/predict", 200), ("POST", "/predict", 401), ("POST", "/admin/reload", 200)]
+    text = "\n".join(json.dumps(x) for x in lines)
     assert SECRET not in text and ADMIN not in text  # … without keys
     assert "0.123456" not in text  # … and without request bodies

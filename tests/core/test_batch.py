@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 
 from portfolio.core import registry
-from portfolio.core.batch import InputFileError, predict_csv
-from portfolio.core.inference import Predictor
+from portfolio.core.serving.batch import InputFileError, predict_csv
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
-from portfolio.core.training import train_service
+from portfolio.core.training.train import train_service
 from tests.conftest import make_settings
-from tests.core import synthetic
+from tests.support import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import f1_score, precision_score, recall_score
+from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
-from portfolio.core import evaluation as ev
 from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.spec import ThresholdPolicy
+from portfolio.core.training import evaluation as ev
 
 
 def _scores(n: int = 2000, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -22,6 +22,14 @@ def test_max_f1_threshold_is_the_brute_force_best() -> None:
     assert f1_score(y, p >= t) == f1_score(y, p >= best)
 
 
+def test_max_accuracy_threshold_is_the_brute_force_best() -> None:
+    y, p = _scores()
+    t = ev.choose_threshold(y, p, ThresholdPolicy("max_accuracy"))
+    best = max(np.unique(p), key=lambda c: accuracy_score(y, p >= c))
+    assert accuracy_score(y, p >= t) == accuracy_score(y, p >= best)
+    assert t != ev.choose_threshold(y, p, ThresholdPolicy("max_f1"))  # a different rule, here
+
+
 def test_min_recall_threshold_reaches_recall_with_best_precision() -> None:
     y, p = _scores()
     t = ev.choose_threshold(y, p, ThresholdPolicy("min_recall", 0.8))
@@ -29,6 +37,33 @@ def test_min_recall_threshold_reaches_recall_with_best_precision() -> None:
     feasible = [c for c in np.unique(p) if recall_score(y, p >= c) >= 0.8]
     best_precision = max(precision_score(y, p >= c) for c in feasible)
     assert precision_score(y, p >= t) == best_precision
+
+
+def test_recall_precision_threshold_balances_the_two_margins() -> None:
+    """The chosen threshold has the largest smaller margin (in binomial standard errors) of all
+    thresholds: brute force over every distinct score."""
+    y, p = _scores()
+    policy = ThresholdPolicy("recall_precision", min_recall=0.8, min_precision=0.5)
+    t = ev.choose_threshold(y, p, policy)
+
+    def smaller_margin(c: float) -> float:
+        pred = p >= c
+        r, pr = recall_score(y, pred), precision_score(y, pred, zero_division=0)
+        z_r = (r - 0.8) / np.sqrt(max(r * (1 - r), 1e-6) / y.sum())
+        z_p = (pr - 0.5) / np.sqrt(max(pr * (1 - pr), 1e-6) / pred.sum())
+        return min(z_r, z_p)
+
+    best = max(smaller_margin(c) for c in np.unique(p) if (p >= c).sum() > 0)
+    assert smaller_margin(t) == best
+    # Both met here, with more recall than the recall-only rule's bare minimum (precision has
+    # room to give).
+    recall_only = ev.choose_threshold(y, p, ThresholdPolicy("min_recall", 0.8))
+    assert t < recall_only
+    assert recall_score(y, p >= t) > recall_score(y, p >= recall_only) >= 0.8
+    assert precision_score(y, p >= t) >= 0.5
+    # A stricter precision target moves the threshold up.
+    stricter = ev.choose_threshold(y, p, ThresholdPolicy("recall_precision", 0.8, 0.6))
+    assert stricter > t
 
 
 def test_bootstrap_interval_brackets_the_point_and_shrinks_with_n() -> None:

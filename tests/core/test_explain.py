@@ -19,28 +19,21 @@ from xgboost import XGBRegressor
 
 from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.core import registry
-from portfolio.core.api import create_app
 from portfolio.core.data import load_training_data
 from portfolio.core.estimators import IntervalRegressor
-from portfolio.core.explain import (
-    SAMPLING_SHAPLEY,
-    TREE_SHAP,
-    ReferenceProfile,
-    column_sources,
-    explain_frame,
-    find_step,
-    top_factors_columns,
-)
+from portfolio.core.explain.shapley import SAMPLING_SHAPLEY, TREE_SHAP, column_sources, explain_frame
+from portfolio.core.explain.substitution import ReferenceProfile, find_step, top_factors_columns
 from portfolio.core.features import tabular_preprocessor
-from portfolio.core.inference import Predictor
-from portfolio.core.monitoring import DriftReference, typed_frame
+from portfolio.core.monitoring.reference import DriftReference, typed_frame
 from portfolio.core.registry import LoadedModel
+from portfolio.core.serving.api import create_app
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
-from portfolio.core.training import load_params
+from portfolio.core.training.train import load_params
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
-from tests.core import synthetic
-from tests.helpers import wait_ready
+from tests.support import synthetic
+from tests.support.helpers import wait_ready
 
 
 def logit(p: float) -> float:
@@ -217,7 +210,7 @@ def test_global_importance_is_logged_at_training(bank_state: Settings, tmp_path:
 def test_reference_substitutions_of_one_request_equal_those_of_a_batch() -> None:
     """A request (few rows: list-built variants) and a batch (np.tile) give the same scores and
     contributions, missing values and a missing reference included."""
-    from portfolio.core.explain import reference_scores_and_contributions
+    from portfolio.core.explain.substitution import reference_scores_and_contributions
 
     rng = np.random.default_rng(3)
     n = 70

@@ -12,23 +12,23 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
 from portfolio.bankchurn.spec import SPEC as BANKCHURN
-from portfolio.core.fastpath import (
+from portfolio.core.fastpath.columns import (
     NotCompilable,
-    compile_column_transformer,
-    compile_pipeline,
     equal_to,
     filled_like,
     frame_to_columns,
     same_values,
     to_columns,
 )
+from portfolio.core.fastpath.encoders import compile_column_transformer
+from portfolio.core.fastpath.pipeline import compile_pipeline
 from portfolio.core.features import tabular_preprocessor
-from portfolio.core.inference import Predictor
 from portfolio.core.registry import LoadedModel
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
-from tests.core import synthetic
-from tests.core.parity import assert_fast_path_parity
+from tests.support import synthetic
+from tests.support.parity import assert_fast_path_parity
 
 
 def _typed(n: int, seed: int) -> pd.DataFrame:
@@ -127,7 +127,7 @@ def test_weighted_voting_regressor_compiles_member_by_member() -> None:
     from sklearn.ensemble import RandomForestRegressor, VotingRegressor
     from xgboost import XGBRegressor
 
-    from portfolio.core.fastpath import compile_regressor
+    from portfolio.core.fastpath.trees import compile_regressor
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(300, 4))
@@ -156,7 +156,7 @@ def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> Non
     library's float32 sum; the compiled walk must give the library's numbers bit for bit."""
     from xgboost import XGBRegressor
 
-    from portfolio.core.fastpath import compile_regressor
+    from portfolio.core.fastpath.trees import compile_regressor
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2000, 5))
@@ -176,7 +176,7 @@ def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -
     from sklearn.ensemble import RandomForestClassifier
     from xgboost import XGBClassifier
 
-    from portfolio.core.fastpath import compile_proba
+    from portfolio.core.fastpath.trees import compile_proba
 
     rng = np.random.default_rng(7)
     X = rng.normal(size=(600, 4)).astype(np.float32).astype(np.float64)
@@ -220,7 +220,7 @@ def test_kept_walks_score_changed_copies_like_walking_them_afresh() -> None:
     from sklearn.ensemble import RandomForestClassifier, VotingClassifier
     from xgboost import XGBClassifier
 
-    from portfolio.core.fastpath import compile_proba
+    from portfolio.core.fastpath.trees import compile_proba
 
     rng = np.random.default_rng(11)
     X = rng.normal(size=(1200, 6)).astype(np.float32).astype(np.float64)
@@ -315,7 +315,7 @@ def test_substitutions_equal_scoring_every_substituted_row(model: str, declared:
     missing substitute, an unseen category, a derived column."""
     from sklearn.ensemble import RandomForestClassifier
 
-    from portfolio.core.explain import substitution_scores
+    from portfolio.core.explain.substitution import substitution_scores
 
     train = _typed(400, 11)
     y = synthetic.make_frame(400, 11)["label"]

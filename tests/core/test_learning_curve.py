@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from sklearn.model_selection import train_test_split
 
-from portfolio.core import evaluation as ev
 from portfolio.core.data import load_training_data
-from portfolio.core.learning_curve import _stratified_order, learning_curve
 from portfolio.core.settings import Settings
+from portfolio.core.training import evaluation as ev
+from portfolio.core.training.learning_curve import _stratified_order, learning_curve
 from tests.conftest import make_settings
-from tests.core import synthetic
+from tests.support import synthetic
 
 
 @pytest.fixture

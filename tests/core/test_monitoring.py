@@ -22,20 +22,20 @@ from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.cli import app as cli_app
 from portfolio.core import registry
 from portfolio.core.data import load_training_data
-from portfolio.core.monitoring import (
+from portfolio.core.monitoring.drift import drift_report
+from portfolio.core.monitoring.live import LiveMonitor
+from portfolio.core.monitoring.reference import (
     REFERENCE_ARTIFACT,
     DriftReference,
-    LiveMonitor,
-    drift_report,
     load_reference,
     reference_cache_path,
-    write_html,
 )
+from portfolio.core.monitoring.report import write_html
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
-from tests.helpers import ROOT, ensure_apt
+from tests.support.helpers import ROOT, ensure_apt
 
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 
@@ -156,7 +156,8 @@ def test_reference_is_logged_with_the_model_and_loaded_through_the_registry(bank
     ref = load_reference(BANK, bank_state, loaded.run_id, loaded.version)
     data = ref.to_dict()
     assert set(data["features"]) == set(BANK.feature_names)
-    assert data["rows"] == 6800  # the training split (80% of 8,500), not the hold-out
+    # The rows the served model was fitted on: BankChurn is refit on all 8,500 (refit_full).
+    assert data["rows"] == 8500
     assert len(data["sample"]["Age"]) == 2000
     assert data["prediction"]["threshold"] == pytest.approx(loaded.threshold)
     assert 0.05 < data["prediction"]["positive_rate"] < 0.5
@@ -193,7 +194,8 @@ def test_cli_drift_against_the_champions_reference(
     assert r.exit_code == 0, r.output
     same = json.loads((tmp_path / "a.json").read_text())
     assert same["drift_detected"] is False and same["current"]["rows"] == 500
-    assert same["reference"]["source"] == "training split" and same["model_version"] == "1"
+    assert same["reference"]["source"] == "all rows (refit after evaluation)"  # BankChurn: refit_full
+    assert same["model_version"] == "1"
     assert same["prediction"]["psi"] < 0.1
     assert (tmp_path / "a.html").exists()
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 import weakref
 
-from portfolio.core.api import ModelHolder
 from portfolio.core.processes import freeze_heap
+from portfolio.core.serving.inference import ModelHolder
 from portfolio.core.settings import Settings
-from tests.core import synthetic
+from tests.support import synthetic
 
 # Allocate and free arrays of several sizes (1-17 MB) in rounds, as a batch request does, and
 # print the page faults of the last 20 rounds.

@@ -18,7 +18,7 @@ from portfolio.core.schema import (
     request_model,
     validate_frame,
 )
-from tests.core.synthetic import FIELDS
+from tests.support.synthetic import FIELDS
 
 
 def raw(rows: list[dict[str, object]]) -> pd.DataFrame:
@@ -171,7 +171,7 @@ def _candidates(f: Field) -> list[object]:
 def test_plainly_valid_batches_are_accepted_by_the_request_models_with_the_same_columns(service: str) -> None:
     """``plain_batch_decoder`` (the batch endpoint's fast path) may only accept what the
     request models accept, and must give the same columns; anything else it leaves to them."""
-    from portfolio.core.fastpath import to_columns
+    from portfolio.core.fastpath.columns import to_columns
     from portfolio.services import SERVICES
 
     fields = FIELDS if service == "synthetic" else SERVICES[service].fields

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic.fields import FieldInfo
 
 from portfolio.core.settings import Settings
 
@@ -15,17 +17,39 @@ def test_defaults_resolve_under_home(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert s.tracking_uri == f"sqlite:///{tmp_path / '.portfolio' / 'mlflow.db'}"
 
 
+def _env_name(name: str, field: FieldInfo) -> str:
+    alias = field.validation_alias
+    return alias.choices[0] if alias is not None else f"PORTFOLIO_{name.upper()}"  # type: ignore[union-attr,return-value]
+
+
+def _other_value(name: str, field: FieldInfo, tmp_path: Path) -> tuple[str, object]:
+    """A valid value different from the default, as environment text and as the parsed value."""
+    kinds = set(get_args(field.annotation)) - {type(None)} or {field.annotation}
+    default = field.get_default(call_default_factory=True)
+    if Path in kinds:
+        return str(tmp_path / name), tmp_path / name
+    if bool in kinds:
+        return str(not default).lower(), not default
+    if int in kinds:
+        return str(default + 3), default + 3
+    if float in kinds:
+        return str(default / 2 + 0.125), default / 2 + 0.125  # inside (0, 1) for test_size too
+    assert kinds == {str}, (name, kinds)
+    return f"value-of-{name}", f"value-of-{name}"
+
+
 def test_every_setting_is_an_environment_variable(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("PORTFOLIO_DATA_DIR", str(tmp_path / "d"))
-    monkeypatch.setenv("PORTFOLIO_PORT", "9123")
-    monkeypatch.setenv("PORTFOLIO_MAX_BATCH_SIZE", "7")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    monkeypatch.setenv("CARVISION_API_URL", "http://127.0.0.1:8002")
+    """Each field of the settings model, set through its environment variable, reaches the model."""
+    expected: dict[str, object] = {}
+    for name, field in Settings.model_fields.items():
+        text, value = _other_value(name, field, tmp_path)
+        monkeypatch.setenv(_env_name(name, field), text)
+        expected[name] = value
     s = Settings()
-    assert s.resolved_data_dir == tmp_path / "d"
-    assert s.port == 9123 and s.max_batch_size == 7
-    assert s.tracking_uri == "http://127.0.0.1:5999"
-    assert s.carvision_api_url == "http://127.0.0.1:8002"
+    assert {name: getattr(s, name) for name in expected} == expected
+    # The derived locations follow.
+    assert s.resolved_data_dir == tmp_path / "data_dir"
+    assert s.tracking_uri == "value-of-mlflow_tracking_uri"
 
 
 def test_invalid_environment_value_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:

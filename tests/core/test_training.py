@@ -13,9 +13,9 @@ from mlflow.tracking import MlflowClient
 from portfolio.core import registry
 from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
-from portfolio.core.training import train_service
+from portfolio.core.training.train import train_service
 from tests.conftest import make_settings
-from tests.core import synthetic
+from tests.support import synthetic
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_interrupted_training_registers_nothing(env: tuple[Settings, Path], monk
     def boom(*args: Any, **kwargs: Any) -> None:
         raise KeyboardInterrupt("interrupted half-way")
 
-    monkeypatch.setattr("portfolio.core.training.permutation_importance", boom)
+    monkeypatch.setattr("portfolio.core.training.train.permutation_importance", boom)
     with pytest.raises(KeyboardInterrupt):
         train_service(spec, settings)
     versions = MlflowClient().search_model_versions("name='synthclf'")
@@ -166,7 +166,7 @@ def test_a_refit_regressor_can_calibrate_its_interval_on_the_holdout(tmp_path: P
     import mlflow
 
     from portfolio.core.estimators import conformal_log_quantiles
-    from portfolio.core.training import HOLDOUT_PREDICTIONS_ARTIFACT
+    from portfolio.core.training.train import HOLDOUT_PREDICTIONS_ARTIFACT
 
     spec = synthetic.REGRESSOR
     data = tmp_path / "data"

@@ -1,5 +1,5 @@
 """`portfolio serve --workers N` on a real BankChurn champion: the connections of keep-alive
-clients are spread over the workers (a listening socket each, core/workers.py), a worker that
+clients are spread over the workers (a listening socket each, core/serving/workers.py), a worker that
 dies is replaced, a worker that cannot start stops the server, and SIGTERM stops every worker
 with exit code 0."""
 
@@ -24,10 +24,10 @@ import pytest
 
 from portfolio.bankchurn.spec import SPEC
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_all_workers_ready
+from portfolio.core.serving.workers import Supervisor, reuse_port_supported
 from portfolio.core.settings import Settings
-from portfolio.core.workers import Supervisor, reuse_port_supported
-from tests.helpers import ROOT, require
-from tests.live import state_env
+from tests.support.helpers import ROOT, require
+from tests.support.live import state_env
 
 pytestmark = pytest.mark.integration
 

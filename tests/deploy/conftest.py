@@ -31,7 +31,7 @@ from tests.deploy.infra import (
     start_postgres,
     world_readable_tmpdir,
 )
-from tests.helpers import require
+from tests.support.helpers import require
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -149,7 +149,7 @@ def tracking(postgres: Postgres) -> Iterator[Tracking]:
 def trained(tracking: Tracking, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Every deployed service that is registered, trained through the PostgreSQL-backed server
     (2 CV folds, 50 bootstrap rounds: these tests check deployment, not model quality)."""
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     state = tmp_path_factory.mktemp("deploy-train")
     settings: Settings = make_settings(
@@ -259,7 +259,7 @@ def example_record(spec: ServiceSpec) -> dict[str, Any]:
         return record
     from portfolio.core.data import read_raw_csv
     from portfolio.core.schema import validate_frame
-    from tests.helpers import ROOT
+    from tests.support.helpers import ROOT
 
     raw = read_raw_csv(ROOT / "data" / "raw" / spec.data_file, nrows=200)
     result = validate_frame(raw, spec.fields)

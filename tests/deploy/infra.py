@@ -19,7 +19,7 @@ from pydantic import AliasChoices
 
 from portfolio.core.processes import free_port
 from portfolio.core.settings import Settings
-from tests.helpers import ROOT, ensure_apt, require
+from tests.support.helpers import ROOT, ensure_apt, require
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -33,7 +33,7 @@ WORKFLOW = ROOT / ".github" / "workflows" / "ci-mlops.yml"
 
 # The services the deployment runs (compose, nginx, Kubernetes, CI images). Every registered
 # service must be among them; the end-to-end tests need all of them registered.
-DEPLOYED_SERVICES = ("bankchurn", "carvision", "telecom")
+DEPLOYED_SERVICES = ("bankchurn", "carvision", "telecom", "plan")
 # Roles of the one image besides the APIs (deploy/docker/entrypoint.sh).
 EXTRA_ROLES = ("dashboard", "mlflow")
 # Read by the container entrypoint (and by `portfolio serve`'s uvicorn factory), not by Settings.

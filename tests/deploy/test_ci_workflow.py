@@ -9,7 +9,7 @@ from typing import Any
 
 from portfolio.services import SERVICES
 from tests.deploy.infra import DEPLOYED_SERVICES, EXTRA_ROLES, WORKFLOW, load_yaml, run, venv_bin
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 FLOW = load_yaml(WORKFLOW)
 JOBS: dict[str, Any] = FLOW["jobs"]

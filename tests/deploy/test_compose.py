@@ -33,7 +33,7 @@ from tests.deploy.infra import (
     template_variables,
     venv_bin,
 )
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 RAW = load_yaml(COMPOSE)
 DEFAULT = interpolate(RAW, {})
@@ -221,7 +221,7 @@ def test_prometheus_config_loads_the_alert_rules(tmp_path: Path) -> None:
     import shutil
     import subprocess
 
-    from tests.helpers import ensure_apt
+    from tests.support.helpers import ensure_apt
 
     promtool = ensure_apt("promtool", "prometheus")
     prom = ROOT / "deploy" / "prometheus"

@@ -31,7 +31,7 @@ from tests.deploy.infra import (
     venv_bin,
     world_readable_tmpdir,
 )
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 
 pytestmark = pytest.mark.integration
 _, STAGES = parse_dockerfile(DOCKERFILE.read_text())
@@ -180,7 +180,9 @@ def test_clean_environment_has_the_runtime_only(installed: Install) -> None:
     bin_dir = installed.venv / "bin"
     for dev_tool in ("pytest", "ruff", "mypy", "hadolint", "kubectl"):
         assert not (bin_dir / dev_tool).exists(), f"{dev_tool} leaked into the runtime image"
-    probe = run([str(bin_dir / "python"), "-c", "import portfolio.core.api, portfolio.core.training"])
+    probe = run(
+        [str(bin_dir / "python"), "-c", "import portfolio.core.serving.api, portfolio.core.training.train"]
+    )
     assert probe.returncode == 0, probe.stderr
     # An API image carries neither the dashboard nor the MLflow server's backends.
     for other_role in ("streamlit", "psycopg2", "boto3", "flask"):

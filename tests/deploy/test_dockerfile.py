@@ -16,7 +16,7 @@ from tests.deploy.infra import (
     run,
     venv_bin,
 )
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 GLOBAL_ARGS, STAGES = parse_dockerfile(DOCKERFILE.read_text())
 FINAL = STAGES[-1]
@@ -153,6 +153,6 @@ def test_dockerignore_keeps_data_state_and_secrets_out_but_the_build_inputs_in()
         if "from" not in ins.flags
         for src in ins.args.split()[:-1]
     ]
-    needed += ["src/portfolio/cli.py", "src/portfolio/core/api.py", "src/portfolio/py.typed"]
+    needed += ["src/portfolio/cli.py", "src/portfolio/core/serving/api.py", "src/portfolio/py.typed"]
     for path in needed:
         assert not dockerignore_excludes(patterns, path), f"{path} is needed by the build but ignored"

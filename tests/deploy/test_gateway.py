@@ -33,7 +33,7 @@ from tests.deploy.infra import (
     run,
     template_variables,
 )
-from tests.helpers import require
+from tests.support.helpers import require
 
 pytestmark = pytest.mark.integration
 HEX32 = re.compile(r"[0-9a-f]{32}")
@@ -55,13 +55,18 @@ class Gateway:
     prefix: Path
     access_log: Path
 
-    def log_lines(self) -> list[dict[str, object]]:
-        time.sleep(0.2)
-        out = []
-        for line in self.access_log.read_text().splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
+    def log_lines(self, *request_ids: str, timeout: float = 30) -> list[dict[str, object]]:
+        """The JSON access-log lines, once a line for each of ``request_ids`` is there (nginx
+        writes a request's line after its response is sent)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = [json.loads(x) for x in self.access_log.read_text().splitlines() if x.startswith("{")]
+            missing = set(request_ids) - {line.get("request_id") for line in out}
+            if not missing:
+                return out
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no access-log line for {sorted(missing)} after {timeout} s")
+            time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +163,7 @@ def test_request_ids_pass_through_or_are_generated(gateway: Gateway, apis: dict[
     # A hostile id (too long / odd characters) is replaced, not forwarded.
     hostile = httpx.get(url, headers={"X-Request-ID": "x" * 200})
     assert HEX32.fullmatch(hostile.headers["x-request-id"])
-    logged = {line["request_id"]: line for line in gateway.log_lines()}
+    logged = {line["request_id"]: line for line in gateway.log_lines("deploy-test-42", rid)}
     assert logged["deploy-test-42"]["uri"] == f"/{name}/model"
     assert logged[rid]["status"] == 200 and logged[rid]["upstream"] == apis[name].removeprefix("http://")
 

@@ -5,6 +5,7 @@ probes, resources, security contexts, settings, service/port references, replica
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,6 +26,7 @@ from tests.deploy.infra import (
 
 K8S_VERSION = "1.37.0"
 OVERLAYS = ("local", "production")
+COMMIT_SHA = re.compile(r"[0-9a-f]{40}")  # the tag CI pushes every image with
 WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 
 
@@ -271,3 +273,12 @@ def test_no_secret_literals_and_pinned_images(rendered: tuple[str, list[dict[str
             assert ":" in image.split("/")[-1], f"{image} has no tag"
             if overlay == "production":
                 assert image.startswith(("ghcr.io/", "postgres:")), image
+                # A release pins what it runs: our images by the commit SHA CI tagged them with
+                # (or a digest), others by a version; never a moving tag such as `latest`.
+                tag = image.split("/")[-1].split("@")[0].partition(":")[2]
+                if "@sha256:" in image:
+                    continue
+                if image.startswith("ghcr.io/"):
+                    assert COMMIT_SHA.fullmatch(tag), f"{image}: tag is not a commit SHA"
+                else:
+                    assert tag != "latest" and re.search(r"\d", tag), f"{image}: tag is not a version"

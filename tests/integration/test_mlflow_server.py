@@ -15,10 +15,11 @@ from portfolio.bankchurn.spec import SPEC
 from portfolio.core import registry
 from portfolio.core.processes import free_port, mlflow_server_argv, start, stop, wait_http
 from portfolio.core.settings import Settings
-from portfolio.core.training import train_service
+from portfolio.core.training.train import train_service
 from tests.bankchurn.test_bankchurn import RECORD
+from tests.bankchurn.test_faults import DIFFERENT_PARAMS, pipeline_probabilities
 from tests.conftest import make_settings
-from tests.helpers import ROOT
+from tests.support.helpers import ROOT
 
 pytestmark = pytest.mark.integration
 
@@ -87,19 +88,42 @@ def test_served_api_answers_over_http_from_the_registry(trained_via_server: Sett
         assert httpx.post(f"{base}/predict", json=RECORD | {"Age": 7}).status_code == 422
         model = httpx.get(f"{base}/model").json()
         assert model["version"] == "1" and model["source"] == "registry"
-        # Promote a new version through the CLI; the running API picks it up without a restart.
-        cli_env = {**os.environ, **env}
-        train = train_service(SPEC, trained_via_server)
-        assert train.version == "2"
+        # A deliberately different model, registered through the server: the gate keeps it a
+        # challenger, the API keeps answering with v1.
+        before = _scores(base, "1")
+        train = train_service(SPEC, trained_via_server, params=DIFFERENT_PARAMS)
+        assert (train.version, train.alias) == ("2", "challenger")
+        assert _scores(base, "1") == before
+        # Promote it through the CLI; the running API picks it up without a restart, and its
+        # answers become v2's own for the same records.
         subprocess.run(
             [str(ROOT / ".venv" / "bin" / "portfolio"), "promote", "bankchurn", "2"],
-            env=cli_env, check=True, capture_output=True, timeout=300,
+            env={**os.environ, **env}, check=True, capture_output=True, timeout=300,
         )  # fmt: skip
         wait_version(base, "2")
-        assert httpx.post(f"{base}/predict", json=RECORD).json()["model_version"] == "2"
+        after = _scores(base, "2")
+        assert after == pytest.approx(pipeline_probabilities(trained_via_server, "2", RECORDS), abs=1e-5)
+        assert before == pytest.approx(pipeline_probabilities(trained_via_server, "1", RECORDS), abs=1e-5)
+        assert max(abs(a - b) for a, b in zip(after, before, strict=True)) > 0.01, (before, after)
     finally:
         stop(proc)
     assert proc.returncode is not None
+
+
+# Customers unlike each other, so that two different models cannot agree on all of them by chance.
+RECORDS = [
+    RECORD,
+    RECORD | {"Age": 63, "IsActiveMember": 0, "NumOfProducts": 3},
+    RECORD | {"Geography": "Germany", "Balance": 120_000.0, "Age": 35, "Tenure": 8},
+]
+
+
+def _scores(base: str, version: str) -> list[float]:
+    """RECORDS' probabilities from the API, which must say it answered with ``version``."""
+    r = httpx.post(f"{base}/predict/batch", json={"records": RECORDS}, timeout=30)
+    assert r.status_code == 200, r.text
+    assert {p["model_version"] for p in r.json()["predictions"]} == {version}
+    return [p["probability"] for p in r.json()["predictions"]]
 
 
 def wait_version(base: str, version: str, timeout: float = 60) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from portfolio.telecom.spec import SPEC
-from tests.helpers import ROOT
-from tests.live import TrainedService, train_real
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, train_real
 
 DATA_FILE = ROOT / "data" / "raw" / SPEC.data_file
 

@@ -1,4 +1,4 @@
-"""TelecomAI API fuzzed from its own OpenAPI schema (see tests/fuzz.py), on a real server."""
+"""TelecomAI API fuzzed from its own OpenAPI schema (see tests/support/fuzz.py), on a real server."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz import assert_fuzz_clean
-from tests.live import TrainedService, live_api, state_env
+from tests.support.fuzz import assert_fuzz_clean
+from tests.support.live import TrainedService, live_api, state_env
 
 pytestmark = pytest.mark.integration
 

@@ -13,11 +13,11 @@ from imblearn.under_sampling import RandomUnderSampler
 from sklearn.model_selection import StratifiedKFold
 
 from portfolio.core.data import load_training_data
-from portfolio.core.training import cross_validate, split
+from portfolio.core.training.train import cross_validate, split
 from portfolio.telecom.spec import SPEC, soft_voting_pipeline
 from portfolio.telecom.spec import SPEC as TELECOM
 from tests.conftest import make_settings
-from tests.live import require_data
+from tests.support.live import require_data
 
 
 class RecordingUnderSampler(RandomUnderSampler):

@@ -10,17 +10,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from sklearn.ensemble import VotingClassifier
+from sklearn.metrics import precision_score, recall_score, roc_auc_score
 
 from portfolio.core import registry
-from portfolio.core.inference import Predictor
+from portfolio.core.data import load_training_data
 from portfolio.core.schema import validate_frame
-from portfolio.telecom.spec import MIN_RECALL, SPEC
-from tests.core.parity import assert_fast_path_parity
-from tests.helpers import ROOT
-from tests.live import TrainedService, live_api
+from portfolio.core.serving.inference import Predictor
+from portfolio.core.training.train import split
+from portfolio.telecom.spec import MIN_PRECISION, MIN_RECALL, SPEC
+from tests.support.helpers import ROOT
+from tests.support.live import TrainedService, live_api
+from tests.support.parity import assert_fast_path_parity
 from tests.telecom.conftest import DATA_FILE
 
 pytestmark = pytest.mark.integration
@@ -61,13 +65,48 @@ def test_compiled_fast_path_matches_the_registered_model(telecom_trained: Traine
     assert_fast_path_parity(SPEC, telecom_trained.settings, DATA_FILE.parent)
 
 
-def test_threshold_reaches_the_recall_target_out_of_fold(telecom_trained: TrainedService) -> None:
+def _bootstrap_sd(
+    y: np.ndarray, flagged: np.ndarray, proba: np.ndarray, rounds: int = 1000
+) -> dict[str, float]:
+    """Sampling sd of recall, precision and ROC-AUC on these rows: rows resampled with
+    replacement ``rounds`` times."""
+    rng = np.random.default_rng(0)
+    draws: dict[str, list[float]] = {"recall": [], "precision": [], "roc_auc": []}
+    for _ in range(rounds):
+        i = rng.integers(0, len(y), len(y))
+        draws["recall"].append(recall_score(y[i], flagged[i]))
+        draws["precision"].append(precision_score(y[i], flagged[i]))
+        draws["roc_auc"].append(roc_auc_score(y[i], proba[i]))
+    return {k: float(np.std(v)) for k, v in draws.items()}
+
+
+def test_stored_threshold_reaches_the_targets_on_the_holdout(telecom_trained: TrainedService) -> None:
+    """The champion at its stored threshold, on the hold-out rows it never saw: recall ≥ 0.80,
+    precision ≥ 0.50 and ROC-AUC ≥ 0.855 (the issue's targets on unseen customers), each less two
+    of its sampling sds on this hold-out (~1,400 customers, measured here by bootstrap)."""
+    settings = telecom_trained.settings
+    _, X_test, _, y_test = split(SPEC, load_training_data(SPEC, settings), settings)
+    model = registry.load_champion(SPEC, settings).model
+    y = y_test.to_numpy().astype(int)
+    proba = model.predict_proba(X_test)[:, 1]
+    flagged = model.predict(X_test).astype(int)  # the stored threshold applied by the model itself
+    assert ((proba >= telecom_trained.outcome.threshold) == flagged.astype(bool)).all()
+    measured = {
+        "recall": recall_score(y, flagged),
+        "precision": precision_score(y, flagged),
+        "roc_auc": roc_auc_score(y, proba),
+    }
+    sd = _bootstrap_sd(y, flagged, proba)
+    print(f"TelecomAI hold-out ({len(y)} rows): {measured}, bootstrap sd {sd}")
+    for metric, target in (("recall", 0.80), ("precision", 0.50), ("roc_auc", 0.855)):
+        assert measured[metric] >= target - 2 * sd[metric], (metric, measured[metric], sd[metric])
+        # The training run's own hold-out figures are these.
+        assert telecom_trained.outcome.test[metric]["value"] == pytest.approx(measured[metric])
+    # Out of fold, the threshold meets both targets with room (the widest smaller margin; spec.py
+    # says why).
     cv = telecom_trained.outcome.cv
-    assert cv["recall"]["value"] >= MIN_RECALL >= 0.80
-    # Sanity of the ranking quality (issue target on unseen data: ROC-AUC ≥ 0.855).
-    assert cv["roc_auc"]["value"] > 0.83
-    assert cv["precision"]["value"] > 0.45
-    assert telecom_trained.outcome.test["roc_auc"]["value"] > 0.82
+    assert cv["recall"]["value"] > MIN_RECALL >= 0.80
+    assert cv["precision"]["value"] > MIN_PRECISION >= 0.50
 
 
 def _raw_text() -> pd.DataFrame:

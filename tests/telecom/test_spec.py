@@ -9,17 +9,17 @@ from imblearn.pipeline import Pipeline
 from sklearn.ensemble import VotingClassifier
 from sklearn.model_selection import FixedThresholdClassifier
 
-from portfolio.core.explain import (
+from portfolio.core.explain.substitution import (
     ReferenceProfile,
     find_step,
     logit,
     reference_contributions,
     top_factors,
 )
-from portfolio.core.fastpath import frame_to_columns
-from portfolio.core.inference import Predictor
+from portfolio.core.fastpath.columns import frame_to_columns
 from portfolio.core.registry import LoadedModel
 from portfolio.core.schema import request_model, validate_frame
+from portfolio.core.serving.inference import Predictor
 from portfolio.telecom.spec import (
     SPEC,
     TelcoFeatures,
@@ -263,7 +263,7 @@ def test_batch_attributions_take_the_compiled_shortcut_and_equal_the_pipelines()
     fast.substitutions = recording  # type: ignore[method-assign]
     out = customer_intelligence(cols, None, predictor)
     assert calls == [150]
-    assert fast.derived_from is not None  # the declared shortcut (core/fastpath.py) was taken
+    assert fast.derived_from is not None  # the declared shortcut (core/fastpath/) was taken
     contrib = reference_contributions(lambda f: model.predict_proba(f)[:, 1], rows, ref)
     np.testing.assert_allclose(out["probability"], model.predict_proba(rows)[:, 1], atol=1e-6, rtol=0)
     names = list(SPEC.feature_names)

@@ -2,7 +2,7 @@
 training, ``/predict``, batch scoring and the dashboard share one code path.
 
 Each transformer works on *columns* (a dict of numpy arrays): ``transform_columns`` is the one
-implementation, used directly by the core's compiled fast path (``core/fastpath.py``), and
+implementation, used directly by the core's compiled fast path (``core/fastpath/``), and
 ``transform`` is a thin DataFrame wrapper around it. The two paths therefore cannot disagree.
 
 Pipeline (see ``spec.py``):

@@ -14,6 +14,7 @@ from sklearn.pipeline import Pipeline
 from xgboost import XGBRegressor
 
 from portfolio.carvision.cleaning import DATE_FORMAT, clean_training
+from portfolio.carvision.dashboard import streamlit_argv
 from portfolio.carvision.features import (
     DERIVED,
     PRICE_GROUPS,
@@ -22,7 +23,7 @@ from portfolio.carvision.features import (
     VehicleFeatures,
 )
 from portfolio.core.schema import Field
-from portfolio.core.spec import ServiceSpec
+from portfolio.core.spec import Companion, ServiceSpec
 
 CONDITIONS = ("new", "like new", "excellent", "good", "fair", "salvage")
 FUELS = ("gas", "diesel", "hybrid", "electric", "other")
@@ -222,5 +223,15 @@ SPEC = ServiceSpec(
         "it covers about 70% of cars predicted under $5,000 and about 90% of those predicted above $18,000 "
         "(see the dashboard's coverage-by-band chart). Models outside "
         "the 100 in the training data get no model-level statistics and are less accurate."
+    ),
+    companions=(
+        Companion(
+            name="dashboard",
+            title="CarVision dashboard",
+            argv=streamlit_argv,
+            port_setting="dashboard_port",
+            health_path="/_stcore/health",
+            api_url_env="CARVISION_API_URL",
+        ),
     ),
 )

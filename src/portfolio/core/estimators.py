@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin, clone
+from sklearn.utils import Tags
+from sklearn.utils.validation import check_is_fitted
 
 # Types of this package that skops may load (in addition to each spec's own).
 CORE_TRUSTED_TYPES: tuple[str, ...] = ("portfolio.core.estimators.IntervalRegressor",)
@@ -36,10 +38,21 @@ class IntervalRegressor(RegressorMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any) -> IntervalRegressor:
         self.estimator_ = clone(self.estimator).fit(X, y)
+        # What the wrapped estimator learned about its input, as scikit-learn's contract asks.
+        for name in ("n_features_in_", "feature_names_in_"):
+            if hasattr(self.estimator_, name):
+                setattr(self, name, getattr(self.estimator_, name))
         return self
 
     def predict(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
         return np.asarray(self.estimator_.predict(X), dtype=float)
+
+    def __sklearn_tags__(self) -> Tags:
+        tags = super().__sklearn_tags__()
+        if self.estimator is not None:  # the input it accepts is the wrapped estimator's
+            tags.input_tags = self.estimator.__sklearn_tags__().input_tags
+        return tags
 
     def predict_interval(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         point = self.predict(X)

@@ -50,7 +50,9 @@ def setup_logging(level: str = "INFO", json_logs: bool = True) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3", "httpx"):
+    # Libraries that log per call at DEBUG (numba: every compilation step) stay at WARNING, so
+    # PORTFOLIO_LOG_LEVEL=DEBUG shows our own lines.
+    for noisy in ("alembic", "mlflow.store.db.utils", "urllib3", "httpx", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

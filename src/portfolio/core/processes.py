@@ -91,7 +91,7 @@ def wait_all_workers_ready(
     base: str, timeout: float = 240.0, proc: subprocess.Popen[bytes] | None = None, in_a_row: int = 20
 ) -> None:
     """``base``/ready until it answers 200 ``in_a_row`` times in a row, each on a new connection:
-    with several workers (a listening socket each, core/workers.py) a new connection may reach
+    with several workers (a listening socket each, core/serving/workers.py) a new connection may reach
     any of them, and each loads its own model."""
     wait_http(f"{base}/ready", timeout=timeout, proc=proc)
     deadline, seen = time.monotonic() + timeout, 0

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     workers: int = Field(
         default=1,
         ge=1,
-        description="API worker processes, each with its own listening socket (core/workers.py).",
+        description="API worker processes, each with its own listening socket (core/serving/workers.py).",
     )
     max_batch_size: int = Field(default=1000, ge=1, description="Max records per /predict/batch.")
     max_body_bytes: int = Field(default=2_000_000, ge=1024, description="Max request body size.")

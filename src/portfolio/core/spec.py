@@ -20,11 +20,18 @@ class ThresholdPolicy:
     """How a classifier's decision threshold is chosen on out-of-fold validation predictions.
 
     ``max_f1``: the threshold that maximises F1.
+    ``max_accuracy``: the threshold that maximises accuracy (balanced costs of both errors).
     ``min_recall``: the best-precision threshold among those reaching ``min_recall``.
+    ``recall_precision``: two targets that must both hold on unseen rows, ``min_recall`` and
+    ``min_precision``: the threshold whose smaller margin, counted in binomial standard errors
+    (recall over the positives, precision over the flagged rows), is largest. Where the two
+    trade off, this balances the two risks of missing a target on a new sample instead of
+    meeting one exactly and leaving no margin.
     """
 
-    kind: Literal["max_f1", "min_recall"] = "max_f1"
+    kind: Literal["max_f1", "max_accuracy", "min_recall", "recall_precision"] = "max_f1"
     min_recall: float = 0.8
+    min_precision: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,23 @@ class CleaningReport:
     excluded_by_rule: Mapping[str, int]
     rows_in: int
     rows_out: int
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A process a service runs beside its API in ``portfolio up`` (CarVision: its dashboard).
+
+    ``name`` names its log file and ``argv(host, port)`` is its command line; it listens on the
+    settings' ``port_setting``, is ready when ``health_path`` answers, and finds the service's API
+    in the env var ``api_url_env``.
+    """
+
+    name: str
+    title: str
+    argv: Callable[[str, int], list[str]]
+    port_setting: str
+    health_path: str
+    api_url_env: str
 
 
 @dataclass(frozen=True)
@@ -74,6 +98,11 @@ class ServiceSpec:
     # same model call as the rows it needs (telecom: the reference substitutions behind
     # top_factors) and returns them as ``probability``. Saves one model call per request.
     extra_outputs_score: bool = False
+    # The metric that selects the candidate (CV fold mean) and decides the champion gate; None:
+    # ROC-AUC for classifiers, RMSE for regressors. A classifier's fold scores are at 0.5.
+    selection_metric: str | None = None
+    # Processes started beside the API by `portfolio up` (e.g. a dashboard).
+    companions: tuple[Companion, ...] = ()
 
     @property
     def feature_names(self) -> list[str]:
@@ -81,7 +110,9 @@ class ServiceSpec:
 
     @property
     def primary_metric(self) -> str:
-        """The metric that decides the champion gate (higher is better after sign)."""
+        """The metric that selects the candidate and decides the champion gate."""
+        if self.selection_metric:
+            return self.selection_metric
         return "roc_auc" if self.task == "classification" else "rmse"
 
     @property

@@ -39,14 +39,9 @@ def champion(tracking_uri: str) -> D.Champion | None:
 
 @st.cache_resource(show_spinner="Loading the champion model…")
 def local_predictor(tracking_uri: str, version: str) -> Any:
-    from portfolio.core import registry
-    from portfolio.core.inference import Predictor
+    from portfolio.core.serving.inference import load_predictor
 
-    settings = get_settings()
-    registry.configure(settings)
-    predictor = Predictor(SPEC, registry.load_version(SPEC, settings, version))
-    predictor.warm_up()
-    return predictor
+    return load_predictor(SPEC, get_settings(), version, warm=True)
 
 
 @st.cache_data(show_spinner="Scoring the hold-out split…")

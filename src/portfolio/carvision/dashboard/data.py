@@ -200,7 +200,7 @@ def champion_info(settings: Settings) -> Champion | None:
 def holdout_predictions(settings: Settings, predictor: Any, path: Path) -> pd.DataFrame:
     """The champion's predictions on the core's hold-out split (same seed → the same rows the
     training run evaluated on): actual, predicted, interval and residual."""
-    from portfolio.core.training import split
+    from portfolio.core.training.train import split
 
     ds = load_training_data(SPEC, settings, path)
     _, X_test, _, y_test = split(SPEC, ds, settings)
@@ -219,7 +219,7 @@ def logged_holdout_predictions(settings: Settings, run_id: str) -> pd.DataFrame:
     import mlflow
 
     from portfolio.core import registry
-    from portfolio.core.training import HOLDOUT_PREDICTIONS_ARTIFACT
+    from portfolio.core.training.train import HOLDOUT_PREDICTIONS_ARTIFACT
 
     registry.configure(settings)
     data = mlflow.artifacts.load_dict(f"runs:/{run_id}/{HOLDOUT_PREDICTIONS_ARTIFACT}")

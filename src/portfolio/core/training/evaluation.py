@@ -33,6 +33,16 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, policy: ThresholdPolicy) 
             where=(precision + recall) > 0,
         )
         return float(thresholds[int(np.argmax(f1))])
+    if policy.kind == "max_accuracy":
+        # Counts at each threshold from the curve: true positives = recall x positives, predicted
+        # positives = true positives / precision.
+        positives = float(np.sum(y == 1))
+        tp = recall * positives
+        fp = np.divide(tp, precision, out=np.zeros_like(tp), where=precision > 0) - tp
+        accuracy = (tp + (len(y) - positives - fp)) / len(y)
+        return float(thresholds[int(np.argmax(accuracy))])
+    if policy.kind == "recall_precision":
+        return float(thresholds[int(np.argmax(_target_margins(y, precision, recall, policy)))])
     ok = recall >= policy.min_recall
     if not ok.any():
         return float(thresholds[0])
@@ -40,6 +50,25 @@ def choose_threshold(y: np.ndarray, proba: np.ndarray, policy: ThresholdPolicy) 
     best = candidates[np.argmax(precision[candidates])]
     # Among equal-precision thresholds prefer the highest (fewest false alarms at same precision).
     return float(thresholds[best])
+
+
+def _target_margins(
+    y: np.ndarray, precision: np.ndarray, recall: np.ndarray, policy: ThresholdPolicy
+) -> np.ndarray:
+    """Per threshold, the smaller of the recall and precision margins over their targets, each in
+    binomial standard errors (recall: over the positives; precision: over the flagged rows).
+    A sample of another size scales both errors alike, so the best threshold does not depend on
+    it."""
+    positives = float(np.sum(np.asarray(y) == 1))
+    flagged = np.divide(recall * positives, precision, out=np.zeros_like(recall), where=precision > 0)
+
+    def z(value: np.ndarray, target: float, n: np.ndarray | float) -> np.ndarray:
+        # The floor keeps a margin finite where the value is 0 or 1 (no binomial spread).
+        se = np.sqrt(np.maximum(value * (1 - value), 1e-6) / np.maximum(n, 1.0))
+        return (value - target) / se
+
+    margins = np.minimum(z(recall, policy.min_recall, positives), z(precision, policy.min_precision, flagged))
+    return np.where(flagged > 0, margins, -np.inf)
 
 
 def classification_metrics(y: np.ndarray, proba: np.ndarray, threshold: float) -> dict[str, float]:

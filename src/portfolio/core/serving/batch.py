@@ -13,8 +13,8 @@ from typing import Any, TypeVar
 import pandas as pd
 
 from portfolio.core.data import read_raw_csv
-from portfolio.core.inference import Predictor
 from portfolio.core.schema import MissingColumnsError, ValidationResult, validate_frame
+from portfolio.core.serving.inference import Predictor
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ from sklearn.model_selection import train_test_split
 from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import Progress, no_progress, score_metrics, score_rows
+from portfolio.core.training.train import Progress, no_progress, score_metrics, score_rows
 
 # Metrics that need no decision threshold, per task (first: the service's primary metric).
 CURVE_METRICS = {"classification": ("roc_auc", "pr_auc"), "regression": ("rmse", "r2", "mae")}
@@ -68,7 +68,8 @@ class LearningCurve:
             for m in names:
                 mean, v = p.mean(m), p.metrics[m]
                 cells.append(
-                    f"{_fmt(mean, mean)} ± {_fmt(p.std(m), mean)} ({_fmt(min(v), mean)}-{_fmt(max(v), mean)})"
+                    f"{format_figure(mean, mean)} ± {format_figure(p.std(m), mean)} "
+                    f"({format_figure(min(v), mean)}-{format_figure(max(v), mean)})"
                 )
             lines.append(f"| {p.fraction:.3f} | {p.train_rows:,} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
@@ -93,7 +94,7 @@ class LearningCurve:
         }
 
 
-def _fmt(value: float, scale: float) -> str:
+def format_figure(value: float, scale: float) -> str:
     """Metrics whose mean (``scale``) is in dollars (RMSE, MAE) as whole numbers, scores (R²,
     ROC-AUC) to 4 decimals."""
     return f"{value:,.0f}" if abs(scale) >= 100 else f"{value:.4f}"

@@ -15,9 +15,9 @@ import pytest
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import TrainOutcome
+from portfolio.core.training.train import TrainOutcome
 from tests.conftest import make_settings
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 
 
 def state_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -101,7 +101,7 @@ class TrainedService:
 
 def train_real(spec: ServiceSpec, tmp_path_factory: pytest.TempPathFactory) -> TrainedService:
     """`train_service(spec)` on the real data, exactly as `portfolio train NAME` runs it."""
-    from portfolio.core.training import train_service
+    from portfolio.core.training.train import train_service
 
     require_data(spec)
     settings = make_settings(tmp_path_factory.mktemp(f"{spec.name}-state"))

@@ -1,7 +1,7 @@
 """Turning validated inputs into a service's outputs, identically for the API, batch prediction,
 evaluation and the dashboard.
 
-At load time the champion is compiled into the fast path (``core/fastpath.py``); when a model
+At load time the champion is compiled into the fast path (``core/fastpath/``); when a model
 cannot be compiled, the same outputs come from the scikit-learn pipeline on a DataFrame and
 ``inference`` says why (shown in ``/model`` and logged)."""
 
@@ -9,24 +9,27 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from portfolio.core.explain import substitution_scores
-from portfolio.core.fastpath import (
+from portfolio.core import registry
+from portfolio.core.explain.substitution import substitution_scores
+from portfolio.core.fastpath.columns import (
     SMALL_BATCH_ROWS,
     Columns,
-    CompiledPipeline,
     NotCompilable,
-    compile_pipeline,
     frame_to_columns,
     to_columns,
-    unwrap,
 )
+from portfolio.core.fastpath.pipeline import CompiledPipeline, compile_pipeline, unwrap
+from portfolio.core.processes import freeze_heap
 from portfolio.core.registry import LoadedModel
+from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
 log = logging.getLogger(__name__)
@@ -84,7 +87,7 @@ class Predictor:
         return np.asarray(self.model.predict(X), dtype=float)
 
     def scores_columns(self, cols: Columns) -> np.ndarray:
-        """P(positive) or the point prediction for typed field columns (``fastpath.to_columns``)."""
+        """P(positive) or the point prediction for typed field columns (``fastpath.columns.to_columns``)."""
         if self._fast is not None:
             return self._fast(cols)
         # Typed columns hold what schema.coerce produces (float64/NaN, datetime64, object/None).
@@ -149,7 +152,7 @@ class Predictor:
         values: Mapping[str, Sequence[Any]] | None = None,
     ) -> list[dict[str, Any]]:
         """API path: records already validated by the request model (``values``: each field's
-        values already taken out of them, see ``fastpath.to_columns``); no DataFrame on the
+        values already taken out of them, see ``fastpath.columns.to_columns``); no DataFrame on the
         compiled path."""
         return as_records(self.predict_columns(records, explain, values))
 
@@ -175,3 +178,113 @@ def as_records(
     listed = [np.asarray(c).tolist() for c in columns.values()]
     listed += [itertools.repeat(v) for v in (constants or {}).values()]  # type: ignore[misc]
     return [dict(zip(keys, row)) for row in zip(*listed)]  # noqa: B905 (repeat is endless)
+
+
+def load_predictor(
+    spec: ServiceSpec, settings: Settings, version: str | int | None = None, warm: bool = False
+) -> Predictor:
+    """The one way to load a model for scoring: a registered version, or the champion.
+
+    Args:
+        spec: The service.
+        settings: Where the registry and the local model cache are.
+        version: A registered version; None loads the champion (with retries, and the cached
+            champion when the tracking server stays unreachable).
+        warm: Score the fields' example once (compilation, caches) before returning.
+
+    Returns:
+        The predictor. Raises ``registry.NoChampionError`` when there is no champion.
+    """
+    registry.configure(settings)
+    loaded = (
+        registry.load_version(spec, settings, version)
+        if version is not None
+        else registry.load_champion(spec, settings)
+    )
+    predictor = Predictor(spec, loaded)
+    if warm:
+        predictor.warm_up()
+    return predictor
+
+
+class ModelHolder:
+    """The model a running service answers with. Loads in the background (so /health answers at
+    once and /ready says 503 until a model is there), retries the tracking server with backoff,
+    and swaps in a newer champion atomically; a failed refresh keeps the current model."""
+
+    def __init__(self, spec: ServiceSpec, settings: Settings):
+        self.spec = spec
+        self.settings = settings
+        self.predictor: Predictor | None = None
+        self.error: str | None = None
+        self.state = "loading"
+        # Why the last champion refresh failed (tracking server unreachable), None once one
+        # succeeds; /ready says "degraded" meanwhile (the model in memory still answers).
+        self.tracking_error: str | None = None
+        self.refreshed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def load_now(self) -> Predictor:
+        t0 = time.perf_counter()
+        predictor = load_predictor(self.spec, self.settings)
+        t1 = time.perf_counter()
+        predictor.warm_up()  # before /ready says ready
+        t2 = time.perf_counter()
+        with self._lock:
+            self.predictor, self.error, self.state = predictor, None, "ready"
+        freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
+        # Where a cold start goes (make images reads these): registry fetch, fast-path build+warm-up.
+        log.info(
+            "%s v%s loaded (%s)",
+            self.spec.name,
+            predictor.version,
+            predictor.loaded.source,
+            extra={"fetch_s": round(t1 - t0, 3), "warm_up_s": round(t2 - t1, 3)},
+        )
+        return predictor
+
+    def refresh(self) -> bool:
+        """Swap in the current champion if it changed. True when a new version was loaded."""
+        registry.configure(self.settings)
+        try:
+            mv = registry.champion_version(self.spec.name)
+        except Exception as exc:
+            self.tracking_error = str(exc)
+            raise
+        self.tracking_error, self.refreshed = None, True
+        current = self.predictor.version if self.predictor else None
+        if mv is None or str(mv.version) == current:
+            return False
+        predictor = load_predictor(self.spec, self.settings, mv.version, warm=True)
+        with self._lock:
+            self.predictor = predictor
+            self.state, self.error = "ready", None
+        freeze_heap()  # the old model's cycles are collected, the new one frozen
+        log.info("%s: champion changed %s → v%s", self.spec.name, current, predictor.version)
+        return True
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"{self.spec.name}-loader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        delay = max(self.settings.model_load_backoff_s, 0.1)
+        while not self._stop.is_set() and self.predictor is None:
+            try:
+                self.load_now()
+            except Exception as exc:
+                self.error, self.state = str(exc), "no model"
+                log.warning("%s: no model yet (%s); retrying in %.0fs", self.spec.name, exc, delay)
+                self._stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        interval = self.settings.model_poll_interval_s
+        while interval > 0 and not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except Exception as exc:  # keep serving what we have
+                log.warning("%s: champion refresh failed: %s", self.spec.name, exc)

@@ -69,7 +69,7 @@ def run_stack(settings: Settings, services: list[str], console: Console) -> int:
         for name in services:
             spec = get_spec(name)
             if registry.champion_version(spec.name) is None:
-                from portfolio.core.training import train_service
+                from portfolio.core.training.train import train_service
 
                 console.print(f"{name}: no champion yet → training (a few minutes)…")
                 outcome = train_service(spec, remote)
@@ -88,24 +88,23 @@ def run_stack(settings: Settings, services: list[str], console: Console) -> int:
             urls.append((f"{get_spec(name).title} API", f"http://{settings.host}:{port}"))
         for (_name, proc), (_, url) in zip(procs[-len(services) :], urls[-len(services) :], strict=True):
             wait_http(f"{url}/ready", timeout=180, proc=proc)
-        if "carvision" in services:
-            # The CarVision dashboard, predicting through the CarVision API started above.
-            from portfolio.carvision.dashboard import streamlit_argv
-
-            port = settings.dashboard_port
-            if port_in_use(port):
-                console.print(f"[red]port {port} is busy: set PORTFOLIO_DASHBOARD_PORT[/red]")
-                return 2
-            api = dict(urls)[f"{get_spec('carvision').title} API"]
-            proc = start(
-                streamlit_argv(settings.host, port),
-                env={"MLFLOW_TRACKING_URI": tracking, "CARVISION_API_URL": api},
-                log_file=logs / "dashboard.log",
-            )
-            procs.append(("dashboard", proc))
-            url = f"http://{settings.host}:{port}"
-            wait_http(f"{url}/_stcore/health", timeout=120, proc=proc)
-            urls.append(("CarVision dashboard", url))
+        api_urls = dict(zip(services, urls[-len(services) :], strict=True))
+        for name in services:
+            for companion in get_spec(name).companions:
+                port = getattr(settings, companion.port_setting)
+                if port_in_use(port):
+                    setting = f"PORTFOLIO_{companion.port_setting.upper()}"
+                    console.print(f"[red]port {port} is busy: set {setting}[/red]")
+                    return 2
+                proc = start(
+                    companion.argv(settings.host, port),
+                    env={"MLFLOW_TRACKING_URI": tracking, companion.api_url_env: api_urls[name][1]},
+                    log_file=logs / f"{companion.name}.log",
+                )
+                procs.append((companion.title, proc))
+                url = f"http://{settings.host}:{port}"
+                wait_http(f"{url}{companion.health_path}", timeout=120, proc=proc)
+                urls.append((companion.title, url))
         table = Table(title="ML-MLOps Portfolio is up (Ctrl-C stops everything)")
         table.add_column("component")
         table.add_column("URL")

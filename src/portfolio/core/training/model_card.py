@@ -5,40 +5,42 @@ from __future__ import annotations
 import datetime as dt
 import math
 from pathlib import Path
-from typing import Any
 
 from portfolio.core.settings import Settings
-from portfolio.core.spec import ServiceSpec
+from portfolio.core.spec import ServiceSpec, ThresholdPolicy
+from portfolio.core.training.outcome import TrainOutcome
 
 
 def _fmt(stats: dict[str, float]) -> str:
     return f"{stats['value']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}]"
 
 
-def write_model_card(
-    spec: ServiceSpec,
-    settings: Settings,
-    *,
-    version: str,
-    alias: str,
-    best: str,
-    threshold: float | None,
-    cv: dict[str, dict[str, float]],
-    test: dict[str, dict[str, float]],
-    candidates: dict[str, dict[str, float]],
-    data_report: dict[str, Any],
-    importance: dict[str, float],
-    gate: dict[str, Any],
-    params: dict[str, Any],
-    fairness: dict[str, Any] | None = None,
-    train_rows: int | None = None,
-    final_fit_rows: int | None = None,
-    refit_interval: tuple[float, float, float] | None = None,
-) -> Path:
-    """``final_fit_rows`` is set when the registered artifact was refit on all rows after the
-    evaluation (``refit_full``); every figure in the card is then from the training-split fit.
-    ``refit_interval``: (level, q_low, q_high) when the refit model's interval was calibrated on
-    the hold-out (``refit_interval_coverage``)."""
+def write_model_card(spec: ServiceSpec, settings: Settings, outcome: TrainOutcome) -> Path:
+    """Write ``models/<service>/model_card.md`` from a training run's outcome.
+
+    With ``refit_full`` the registered artifact was refit on all rows after the evaluation, and
+    every figure in the card is from the training-split fit; ``outcome.refit_interval`` is set
+    when the refit model's interval was calibrated on the hold-out.
+
+    Args:
+        spec: The service.
+        settings: Where model cards go; the split and CV settings they quote.
+        outcome: The training run's outcome.
+
+    Returns:
+        The card's path.
+    """
+    version, alias, best, threshold = outcome.version, outcome.alias, outcome.best, outcome.threshold
+    cv, test, candidates, gate = outcome.cv, outcome.test, outcome.candidates, outcome.gate
+    data_report, importance, params, fairness = (
+        outcome.data_report,
+        outcome.importance,
+        outcome.params,
+        outcome.fairness,
+    )
+    train_rows = outcome.train_rows or None
+    final_fit_rows = outcome.final_fit_rows if outcome.refit_full else None
+    refit_interval = outcome.refit_interval
     out = settings.resolved_models_dir / spec.name / "model_card.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     lines = [
@@ -73,11 +75,7 @@ def write_model_card(
         lines.append(
             f"- Decision threshold: **{threshold:.4f}**, chosen on out-of-fold predictions "
             f"({spec.threshold_policy.kind}"
-            + (
-                f", recall ≥ {spec.threshold_policy.min_recall}"
-                if spec.threshold_policy.kind == "min_recall"
-                else ""
-            )
+            + _policy_note(spec.threshold_policy)
             + "), stored in the artifact and used by every prediction path."
         )
     if spec.task == "regression":
@@ -136,7 +134,7 @@ def write_model_card(
     for col, val in sorted(importance.items(), key=lambda kv: -kv[1]):
         lines.append(f"- {col}: {val:.4f}")
     if fairness is not None:
-        from portfolio.core.fairness import fairness_markdown
+        from portfolio.core.training.fairness import fairness_markdown
 
         lines += ["", *fairness_markdown(fairness)]
     lines += [
@@ -150,3 +148,15 @@ def write_model_card(
     ]
     out.write_text("\n".join(lines))
     return out
+
+
+def _policy_note(policy: ThresholdPolicy) -> str:
+    """The threshold rule's targets, as the model card states them."""
+    if policy.kind == "min_recall":
+        return f", recall ≥ {policy.min_recall}"
+    if policy.kind == "recall_precision":
+        return (
+            f": recall ≥ {policy.min_recall} and precision ≥ {policy.min_precision} both, the threshold "
+            "whose smaller margin over its target, in binomial standard errors, is largest"
+        )
+    return ""

@@ -10,8 +10,8 @@ import numpy as np
 
 from portfolio.core import registry
 from portfolio.core.data import read_raw_csv
-from portfolio.core.inference import Predictor
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 

@@ -1,0 +1,1 @@
+"""Plan Recommendation: which tariff (Ultra or Smart) fits a subscriber."""
