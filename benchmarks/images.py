@@ -32,6 +32,7 @@ from tests.images.engine import (  # noqa: E402
     image_size,
     run_role,
     start_engine,
+    start_mlflow,
     train_all,
     wait_until,
 )
@@ -103,16 +104,7 @@ def main() -> None:
         for role in roles:
             build(engine, role)
         sizes = {role: image_size(engine, image_name(role)) for role in roles}
-        engine("volume", "create", "--label", LABEL, volume)
-        mport = free_port()
-        mlflow = run_role(
-            engine,
-            "mlflow",
-            {"MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(mport), "MLFLOW_WORKERS": "1"},
-            mport,
-            extra=("-v", f"{volume}:/var/lib/portfolio"),
-        )
-        mlflow_ready = wait_until(f"{mlflow.url}/health", mlflow)
+        mlflow, mlflow_ready = start_mlflow(engine, volume)
         train_all(engine, mlflow.url, image_name(next(iter(SERVICES))))
         for role in SERVICES:
             phases = api_cold_start(engine, image_name(role), role, mlflow.url)

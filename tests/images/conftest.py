@@ -14,7 +14,7 @@ import pytest
 
 from portfolio.core.processes import free_port
 from portfolio.services import SERVICES
-from tests.helpers import ROOT, require
+from tests.support.helpers import ROOT, require
 from tests.images.engine import (
     LABEL,
     Container,
@@ -23,6 +23,7 @@ from tests.images.engine import (
     image_name,
     run_role,
     start_engine,
+    start_mlflow,
     train_all,
     wait_until,
 )
@@ -96,17 +97,7 @@ def deployment(engine: Engine, images: dict[str, str], request: pytest.FixtureRe
     """MLflow from its image; every service trained through the API image (`portfolio train all`
     in a container, reduced CV/bootstrap); then every API and the dashboard, each ready."""
     require(any((ROOT / "data" / "raw").glob("*.csv")), "raw data missing: run `make data`")
-    volume = f"portfolio-test-mlflow-{uuid.uuid4().hex[:8]}"
-    engine("volume", "create", "--label", LABEL, volume)
-    mport = free_port()
-    mlflow = run_role(
-        engine,
-        "mlflow",
-        {"MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(mport), "MLFLOW_WORKERS": "1"},
-        mport,
-        extra=("-v", f"{volume}:/var/lib/portfolio"),
-    )
-    wait_until(f"{mlflow.url}/health", mlflow)
+    mlflow, _ = start_mlflow(engine, f"portfolio-test-mlflow-{uuid.uuid4().hex[:8]}")
     tracking = {"MLFLOW_TRACKING_URI": mlflow.url}
     trained = train_all(engine, mlflow.url, image_name(next(iter(SERVICES))))
     apis: dict[str, Container] = {}

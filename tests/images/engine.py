@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from tests.helpers import ROOT, ensure_apt
+from tests.support.helpers import ROOT, ensure_apt
 
 OFFICIAL_BASE = "python:3.11-slim-bookworm"
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
@@ -323,3 +323,20 @@ def crash(engine: Engine, cid: str) -> None:
     pid = int(engine("inspect", "--format", "{{.State.Pid}}", cid).stdout.strip())
     assert pid > 0, f"{cid} is not running"
     os.kill(pid, signal.SIGKILL)
+
+
+def start_mlflow(engine: Engine, volume: str) -> tuple[Container, float]:
+    """The MLflow role's container on a new named volume ``volume``, on 127.0.0.1 and a free port;
+    returns it with the seconds it took to answer /health."""
+    from portfolio.core.processes import free_port
+
+    engine("volume", "create", "--label", LABEL, volume)
+    port = free_port()
+    mlflow = run_role(
+        engine,
+        "mlflow",
+        {"MLFLOW_HOST": "127.0.0.1", "MLFLOW_PORT": str(port), "MLFLOW_WORKERS": "1"},
+        port,
+        extra=("-v", f"{volume}:/var/lib/portfolio"),
+    )
+    return mlflow, wait_until(f"{mlflow.url}/health", mlflow)

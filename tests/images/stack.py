@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import ROOT, ensure_apt
+from tests.support.helpers import ROOT, ensure_apt
 from tests.images.engine import Engine, run
 
 COMPOSE = ROOT / "compose.yaml"
