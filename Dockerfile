@@ -62,7 +62,7 @@ COPY --from=select /opt/venv /opt/venv
 # it to their tmpfs cache at start instead of compiling at every start (make images: the warm-up).
 RUN if [ -x /opt/venv/bin/portfolio ]; then \
       NUMBA_CACHE_DIR=/opt/numba-cache /opt/venv/bin/python -c \
-        "from portfolio.core.fastpath import precompile; precompile()"; \
+        "from portfolio.core.fastpath.trees import precompile; precompile()"; \
     fi
 # Executable in git (mode 100755) and COPY keeps the mode: no --chmod (the classic builder lacks it).
 COPY deploy/docker/entrypoint.sh /usr/local/bin/portfolio-entrypoint
