@@ -136,7 +136,9 @@ def main() -> None:
             try:
                 phases = api_cold_start(engine, image, role, mlflow.url)
             except AssertionError:  # an older image without this service
-                rows.append((f"{image} ({role})", "", "", "not ready within 240 s (or no such service in it)"))
+                rows.append(
+                    (f"{image} ({role})", "", "", "not ready within 240 s (or no such service in it)")
+                )
                 continue
             rows.append(
                 (
