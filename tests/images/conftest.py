@@ -14,7 +14,6 @@ import pytest
 
 from portfolio.core.processes import free_port
 from portfolio.services import SERVICES
-from tests.support.helpers import ROOT, require
 from tests.images.engine import (
     LABEL,
     Container,
@@ -27,6 +26,7 @@ from tests.images.engine import (
     train_all,
     wait_until,
 )
+from tests.support.helpers import ROOT, require
 
 pytestmark = pytest.mark.integration
 

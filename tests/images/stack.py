@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from tests.support.helpers import ROOT, ensure_apt
 from tests.images.engine import Engine, run
+from tests.support.helpers import ROOT, ensure_apt
 
 COMPOSE = ROOT / "compose.yaml"
 
