@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 UV_VERSION := 0.13.9
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: install data run test lint typecheck unit repro clean help bench soak cv
+.PHONY: install data run test lint typecheck unit repro clean help bench soak cv images
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -20,7 +20,9 @@ $(STAMP): requirements.lock pyproject.toml
 	@# --compile-bytecode: this environment sets PYTHONDONTWRITEBYTECODE=1, so without .pyc files
 	@# every process (CLI, API, test subprocess) recompiles sklearn/scipy/pandas/mlflow on import:
 	@# `import portfolio.cli` took ~11 s instead of ~3 s.
-	$(BIN)/uv pip install --python $(BIN)/python -q --compile-bytecode -r requirements.lock
+	@# sync, not install: the venv holds exactly the lock (a package that left it, e.g. xgboost for
+	@# xgboost-cpu, is removed instead of shadowing its replacement's files).
+	$(BIN)/uv pip sync --python $(BIN)/python -q --compile-bytecode requirements.lock
 	$(BIN)/uv pip install --python $(BIN)/python -q --no-deps -e .
 	@touch $(STAMP)
 
@@ -61,3 +63,6 @@ bench: install ## Serving benchmarks (in-process, HTTP vs mlflow models serve, b
 
 soak: install ## Each API under 32 connections for 60 s (SOAK_SECONDS): 0 errors, p99, RSS growth < 10%
 	$(BIN)/python benchmarks/soak.py
+
+images: install ## Build every role's image, time each one's cold start → docs/benchmarks.md (Docker)
+	$(BIN)/python benchmarks/images.py

@@ -10,6 +10,8 @@
 set -eu
 
 role="${PORTFOLIO_SERVICE:-}"
+# Streamlit and the MLflow server print text: jsonlog.py (beside this script) makes each line JSON.
+jsonlog="$(dirname "$(readlink -f "$0")")/jsonlog.py"
 host="${PORTFOLIO_HOST:-0.0.0.0}"
 
 health_url() {
@@ -19,6 +21,11 @@ health_url() {
         *) echo "http://127.0.0.1:${PORTFOLIO_PORT:-8000}/health" ;;
     esac
 }
+
+# The image's precompiled fast path (Dockerfile) into numba's writable cache, once per container.
+if [ -d /opt/numba-cache ] && [ -n "${NUMBA_CACHE_DIR:-}" ] && [ ! -e "${NUMBA_CACHE_DIR}" ]; then
+    cp -R /opt/numba-cache "${NUMBA_CACHE_DIR}" 2>/dev/null || true
+fi
 
 command="${1:-run}"
 case "$command" in
@@ -43,11 +50,15 @@ case "$role" in
         exit 64
         ;;
     dashboard)
-        exec portfolio dashboard --host "$host" --port "${PORTFOLIO_DASHBOARD_PORT:-8501}"
+        exec python "$jsonlog" dashboard -- \
+            portfolio dashboard --host "$host" --port "${PORTFOLIO_DASHBOARD_PORT:-8501}"
         ;;
     mlflow)
         export MLFLOW_HOST="${MLFLOW_HOST:-0.0.0.0}"
-        exec mlflow server
+        # Default stores: the image's volume (/var/lib/portfolio), never the read-only /app.
+        export MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:////var/lib/portfolio/mlflow.db}"
+        export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-/var/lib/portfolio/artifacts}"
+        exec python "$jsonlog" mlflow -- mlflow server
         ;;
     *)
         exec portfolio serve "$role" --host "$host" --port "${PORTFOLIO_PORT:-8000}"

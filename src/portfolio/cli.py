@@ -781,9 +781,11 @@ def serve(
     """Start the service's API (uvicorn)."""
     import uvicorn
 
+    from portfolio.core.logs import setup_logging, uvicorn_log_config
     from portfolio.core.serving.workers import reuse_port_supported, serve_workers
 
     settings = _settings()
+    setup_logging(settings.log_level)  # a server's every line is JSON (log collectors parse them)
     _spec(service)
     os.environ["PORTFOLIO_SERVICE"] = service
     config: dict[str, Any] = {
@@ -792,6 +794,7 @@ def serve(
         "host": host or settings.host,
         "port": port or settings.port,
         "log_level": settings.log_level.lower(),
+        "log_config": uvicorn_log_config(settings.log_level),
         "access_log": False,
         "timeout_graceful_shutdown": 10,
     }

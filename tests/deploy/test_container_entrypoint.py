@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import shlex
 import shutil
 import subprocess
 import sys
@@ -36,7 +35,7 @@ from tests.support.helpers import ROOT, require
 
 pytestmark = pytest.mark.integration
 _, STAGES = parse_dockerfile(DOCKERFILE.read_text())
-BUILDER = next(s for s in STAGES if s.name == "builder")
+BUILDER = next(s for s in STAGES if s.name == "deps")
 FINAL = STAGES[-1]
 IMAGE_VENV = "/opt/venv"
 
@@ -89,22 +88,24 @@ def installed() -> Iterator[Install]:
                         if not dockerignore_excludes(patterns, rel):
                             (context / rel).parent.mkdir(parents=True, exist_ok=True)
                             shutil.copy2(f, context / rel)
-        # The builder's own commands, with the image's paths mapped to this machine's. Only the
-        # cache knobs differ: the local uv cache is reused and bytecode is not precompiled.
+        # What the deps stage does for an API image (its `api` kind), with this machine's paths:
+        # the kind's requirements from deploy/docker/requirements.py, the lock as constraints,
+        # then the package without dependencies. The local uv cache is reused.
+        run_args = " ".join(ins.args for ins in BUILDER.all("RUN"))
+        assert "requirements.py --kind" in run_args and "--no-deps ." in run_args
         env = {k: v for k, v in os.environ.items() if not k.startswith("UV_")}
-        commands = [
-            cmd.strip()
-            for ins in BUILDER.all("RUN")
-            for cmd in ins.args.split("&&")
-            if cmd.strip().startswith("uv ")
-        ]
-        assert any(c.startswith("uv venv") for c in commands) and any("--no-deps ." in c for c in commands)
-        for cmd in commands:
-            argv = shlex.split(
-                cmd.replace(IMAGE_VENV, str(venv)).replace("/usr/local/bin/python", base_python())
-            )
-            result = run([venv_bin("uv"), *argv[1:]], cwd=context, env=env, timeout=900)
-            assert result.returncode == 0, f"{cmd}\n{result.stderr[-3000:]}"
+        uv = venv_bin("uv")
+        kind = run([sys.executable, "deploy/docker/requirements.py", "--kind", "api"], cwd=context)
+        assert kind.returncode == 0, kind.stderr
+        (context / "api.txt").write_text(kind.stdout)
+        py = str(venv / "bin" / "python")
+        for argv in (
+            ["venv", str(venv), "--python", base_python()],
+            ["pip", "install", "--python", py, "--constraint", "requirements.lock", "-r", "api.txt"],
+            ["pip", "install", "--python", py, "--no-deps", "."],
+        ):
+            result = run([uv, *argv], cwd=context, env=env, timeout=900)
+            assert result.returncode == 0, f"{argv}\n{result.stderr[-3000:]}"
         for tool in ("portfolio", "mlflow"):
             assert (venv / "bin" / tool).exists()
         yield Install(root, context, venv)
@@ -180,9 +181,13 @@ def test_clean_environment_has_the_runtime_only(installed: Install) -> None:
     for dev_tool in ("pytest", "ruff", "mypy", "hadolint", "kubectl"):
         assert not (bin_dir / dev_tool).exists(), f"{dev_tool} leaked into the runtime image"
     probe = run(
-        [str(bin_dir / "python"), "-c", "import portfolio.core.serving.api, psycopg2, boto3, streamlit"]
+        [str(bin_dir / "python"), "-c", "import portfolio.core.serving.api, portfolio.core.training.train"]
     )
     assert probe.returncode == 0, probe.stderr
+    # An API image carries neither the dashboard nor the MLflow server's backends.
+    for other_role in ("streamlit", "psycopg2", "boto3", "flask"):
+        absent = run([str(bin_dir / "python"), "-c", f"import {other_role}"])
+        assert absent.returncode != 0, f"{other_role} is in the API environment"
 
 
 def test_entrypoint_refuses_to_guess_a_role(installed: Install) -> None:

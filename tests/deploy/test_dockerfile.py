@@ -43,16 +43,21 @@ def test_hadolint_is_live_on_a_bad_dockerfile() -> None:
 def test_multi_stage_slim_python_base_and_runtime_only_final_stage() -> None:
     assert len(STAGES) >= 2
     names = [s.name for s in STAGES]
-    assert "builder" in names
-    for stage in STAGES:
-        assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?", stage.base), stage.base
+    assert "deps" in names
+    for i, stage in enumerate(STAGES):
+        # Python's slim image, or an earlier stage (the role's venv is picked from the deps stage).
+        earlier = {s.name for s in STAGES[:i]}
+        assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?", stage.base) or stage.base in earlier, stage.base
     # The final stage takes the built environment from the builder and installs nothing itself.
     copies_from = [i.flags.get("from") for i in FINAL.all("COPY")]
-    assert "builder" in copies_from
+    assert "select" in copies_from
+    assert re.fullmatch(r"python:3\.1[12]-slim(-\w+)?", FINAL.base)
     for ins in FINAL.all("RUN"):
         assert not re.search(r"\b(pip|uv)\b.*\binstall\b|apt-get install|gcc|build-essential", ins.args), ins
-    builder = next(s for s in STAGES if s.name == "builder")
-    assert any("--constraint requirements.lock" in i.args for i in builder.all("RUN"))
+    deps = next(s for s in STAGES if s.name == "deps")
+    assert any("--constraint requirements.lock" in i.args for i in deps.all("RUN"))
+    # No build argument in the deps stage: its layers are shared by every role's build.
+    assert not deps.all("ARG")
 
 
 def test_runs_as_the_unprivileged_appuser() -> None:
@@ -78,7 +83,10 @@ def test_healthcheck_and_entrypoint_are_the_tested_script() -> None:
     # test_container_entrypoint.py); its health command probes /health of the API roles.
     copy = next(i for i in FINAL.all("COPY") if i.args.startswith(str(ENTRYPOINT.relative_to(ROOT))))
     assert copy.args.split()[-1] == "/usr/local/bin/portfolio-entrypoint"
-    assert copy.flags.get("chmod") == "0755"
+    # The classic builder has no COPY --chmod: the script is executable in git, and COPY keeps that.
+    assert "chmod" not in copy.flags
+    mode = run(["git", "ls-files", "-s", str(ENTRYPOINT.relative_to(ROOT))], cwd=ROOT).stdout.split()[0]
+    assert mode == "100755"
     assert FINAL.all("ENTRYPOINT")[-1].args == '["portfolio-entrypoint"]'
     script = ENTRYPOINT.read_text()
     assert '/health"' in script and "/_stcore/health" in script
@@ -103,6 +111,8 @@ def test_no_data_models_or_secrets_are_copied() -> None:
         "params.yaml",
         "src",
         "deploy/docker/entrypoint.sh",
+        "deploy/docker/jsonlog.py",
+        "deploy/docker/requirements.py",
     }
     for stage in STAGES:
         for ins in stage.all("COPY") + stage.all("ADD"):

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from typing import Any
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
 
@@ -21,7 +22,16 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": request_id.get(),
         }
-        for key in ("service", "method", "path", "status", "duration_ms", "model_version"):
+        for key in (
+            "service",
+            "method",
+            "path",
+            "status",
+            "duration_ms",
+            "model_version",
+            "fetch_s",
+            "warm_up_s",
+        ):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info:
@@ -35,6 +45,8 @@ def setup_logging(level: str = "INFO", json_logs: bool = True) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    # Python warnings (a library's FutureWarning…) become log records: JSON like every other line.
+    logging.captureWarnings(json_logs)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -42,3 +54,30 @@ def setup_logging(level: str = "INFO", json_logs: bool = True) -> None:
     # PORTFOLIO_LOG_LEVEL=DEBUG shows our own lines.
     for noisy in ("alembic", "mlflow.store.db.utils", "urllib3", "httpx", "numba", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def uvicorn_log_config(level: str = "INFO") -> dict[str, Any]:
+    """``logging.config.dictConfig`` for uvicorn's own loggers, in the JSON shape of every other line.
+
+    uvicorn applies its ``log_config`` in each server process before it logs anything, so its
+    start-up, shutdown and error lines are JSON too (its default config prints them as text).
+
+    Args:
+        level: log level name (PORTFOLIO_LOG_LEVEL).
+
+    Returns:
+        A dictConfig mapping for ``uvicorn.Config(log_config=...)``.
+    """
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "portfolio.core.logs.JsonFormatter"}},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+            "uvicorn.error": {"level": level.upper()},
+            "uvicorn.access": {"handlers": ["stderr"], "level": level.upper(), "propagate": False},
+        },
+    }

@@ -186,9 +186,21 @@ def requirements(spec_ref: str) -> tuple[str, ...]:
     # Left to MLflow: what `import mlflow` loads AND installing MLflow brings. A package MLflow
     # imports only when it is there (orjson) stays declared, and so does everything scoring
     # imports beyond MLflow (scikit-learn, xgboost, skops...), pinned to this environment's version.
-    dists = {"mlflow"} | scoring - (by_mlflow & _required_closure("mlflow"))
+    mlflow_dist = _mlflow_distribution()
+    dists = {mlflow_dist} | scoring - (by_mlflow & _required_closure(mlflow_dist))
     dists.discard(PROJECT_DISTRIBUTION)
     return tuple(sorted(f"{d}=={version(d)}" for d in dists))
+
+
+def _mlflow_distribution() -> str:
+    """``mlflow``, or ``mlflow-skinny`` where only the client is installed (the API image)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        distribution("mlflow")
+    except PackageNotFoundError:
+        return "mlflow-skinny"
+    return "mlflow"
 
 
 # Imported only when installed, never needed to score (see requirements()).

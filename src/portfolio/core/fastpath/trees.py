@@ -410,6 +410,33 @@ class Scorer:
         return self._variants(walked, m, base_rows)
 
 
+def precompile() -> None:
+    """Compile every kernel of the fast path into numba's disk cache (``NUMBA_CACHE_DIR``) now.
+
+    The images run this at build time, and a container copies the cache to its tmpfs at start
+    (deploy/docker/entrypoint.sh): a server's warm-up then loads the tree walks instead of
+    compiling them at every start. Real estimators go through the serving path (both leaf
+    precisions, one row and a multi-threaded batch), so the cached signatures are the served ones.
+    """
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+    from xgboost import XGBClassifier, XGBRegressor
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 3))
+    label, target = (x[:, 0] > 0).astype(int), x[:, 1]
+    scorers = [
+        compile_proba(RandomForestClassifier(n_estimators=2, max_depth=3, random_state=0).fit(x, label)),
+        compile_proba(XGBClassifier(n_estimators=2, max_depth=3).fit(x, label)),
+        compile_regressor(RandomForestRegressor(n_estimators=2, max_depth=3, random_state=0).fit(x, target)),
+        compile_regressor(XGBRegressor(n_estimators=2, max_depth=3).fit(x, target)),
+    ]
+    batch = np.repeat(x, 2 * _ROWS_PER_THREAD * _CORES // len(x) + 1, axis=0)
+    for scorer in scorers:
+        for rows in (x[:1], batch):
+            scorer(rows)
+    _path_kernels()  # compiles itself for both leaf precisions
+
+
 def _split_rows(part: Callable[[int, int], None], n: int) -> None:
     """``part(a, b)`` over rows 0..n, on the machine's cores when there are enough rows."""
     threads = min(_CORES, n // _ROWS_PER_THREAD)

@@ -87,6 +87,34 @@ def document_bodies(app: FastAPI, models: Sequence[type[BaseModel]]) -> None:
     app.openapi = openapi  # type: ignore[method-assign]
 
 
+# How much of an over-limit body is read and discarded before the 413 (see _too_large): enough for
+# any client that merely overshot the limit, bounded so a huge upload cannot hold a worker.
+DRAIN_MAX_BYTES = 64 * 1024 * 1024
+DRAIN_MAX_SECONDS = 10.0
+
+
+async def _drain(receive: Any) -> None:
+    """Read and discard the rest of the request body, up to DRAIN_MAX_BYTES / DRAIN_MAX_SECONDS."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DRAIN_MAX_SECONDS
+    drained = 0
+    while drained <= DRAIN_MAX_BYTES:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), remaining)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return  # the client went away
+        drained += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
 class RequestContextMiddleware:
     """Pure ASGI (cheaper than BaseHTTPMiddleware on the hot path): request id in and out,
     body-size limit, per-endpoint Prometheus counters and latency, one access log line."""
@@ -98,7 +126,12 @@ class RequestContextMiddleware:
         self.max_body = max_body
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
-    async def _too_large(self, send: Any, rid: str) -> None:
+    async def _too_large(self, send: Any, rid: str, receive: Any | None) -> None:
+        # Clients that write the whole body before reading (http.client, urllib) would get a
+        # connection reset instead of the 413 if the socket closed with their body unread: read
+        # and discard the rest first, within a bound, then answer.
+        if receive is not None:
+            await _drain(receive)
         reason = f"request body larger than {self.max_body} bytes"
         await _send_json(send, 413, {"detail": [{"field": "body", "reason": reason}]}, rid)
 
@@ -122,17 +155,19 @@ class RequestContextMiddleware:
         length = headers.get(b"content-length")
         try:
             if length is not None and length.isdigit() and int(length) > self.max_body:
-                await self._too_large(send, rid)
                 status_holder["status"] = 413
+                await self._too_large(send, rid, receive)
                 return
             received = 0
             too_big = False
+            body_left = True
 
             async def limited_receive() -> dict[str, Any]:
-                nonlocal received, too_big
+                nonlocal received, too_big, body_left
                 message: dict[str, Any] = await receive()
                 if message["type"] == "http.request":
                     received += len(message.get("body", b""))
+                    body_left = bool(message.get("more_body", False))
                     if received > self.max_body:
                         too_big = True
                         raise BodyTooLarge()
@@ -150,7 +185,7 @@ class RequestContextMiddleware:
             except BodyTooLarge:
                 if too_big:
                     status_holder["status"] = 413
-                    await self._too_large(send, rid)
+                    await self._too_large(send, rid, receive if body_left else None)
         finally:
             elapsed = time.perf_counter() - start
             endpoint = path if path in _KNOWN else "other"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -217,22 +218,42 @@ class ModelHolder:
         self.predictor: Predictor | None = None
         self.error: str | None = None
         self.state = "loading"
+        # Why the last champion refresh failed (tracking server unreachable), None once one
+        # succeeds; /ready says "degraded" meanwhile (the model in memory still answers).
+        self.tracking_error: str | None = None
+        self.refreshed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def load_now(self) -> Predictor:
-        predictor = load_predictor(self.spec, self.settings, warm=True)  # warm before /ready says ready
+        t0 = time.perf_counter()
+        predictor = load_predictor(self.spec, self.settings)
+        t1 = time.perf_counter()
+        predictor.warm_up()  # before /ready says ready
+        t2 = time.perf_counter()
         with self._lock:
             self.predictor, self.error, self.state = predictor, None, "ready"
         freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
-        log.info("%s v%s loaded (%s)", self.spec.name, predictor.version, predictor.loaded.source)
+        # Where a cold start goes (make images reads these): registry fetch, fast-path build+warm-up.
+        log.info(
+            "%s v%s loaded (%s)",
+            self.spec.name,
+            predictor.version,
+            predictor.loaded.source,
+            extra={"fetch_s": round(t1 - t0, 3), "warm_up_s": round(t2 - t1, 3)},
+        )
         return predictor
 
     def refresh(self) -> bool:
         """Swap in the current champion if it changed. True when a new version was loaded."""
         registry.configure(self.settings)
-        mv = registry.champion_version(self.spec.name)
+        try:
+            mv = registry.champion_version(self.spec.name)
+        except Exception as exc:
+            self.tracking_error = str(exc)
+            raise
+        self.tracking_error, self.refreshed = None, True
         current = self.predictor.version if self.predictor else None
         if mv is None or str(mv.version) == current:
             return False

@@ -38,7 +38,7 @@ def router(ctx: ServingContext) -> APIRouter:
                 {"status": holder.state, "service": spec.name, "detail": holder.error}, status_code=503
             )
         body: dict[str, Any] = {"status": "ready", "service": spec.name, "model_version": p.version}
-        if p.loaded.source != "registry":
+        if holder.tracking_error is not None or (p.loaded.source != "registry" and not holder.refreshed):
             body["status"] = "degraded"
             body["detail"] = "tracking server unreachable: serving the cached champion"
         return JSONResponse(body)
