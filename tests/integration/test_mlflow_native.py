@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from portfolio.core import registry
 from portfolio.core.data import read_raw_csv
 from portfolio.core.mlflow_model import PROJECT_DISTRIBUTION, input_schema
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
@@ -128,7 +129,7 @@ def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path
 
     spec = trained.spec
     uri = f"models:/{spec.name}@champion"
-    mlflow.set_tracking_uri(trained.settings.tracking_uri)
+    registry.configure(trained.settings)  # tracking and registry: another test may have moved either
     model_dir = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp_path / "model")))
     requirements = (model_dir / "requirements.txt").read_text().split()
     names = {r.split("==")[0].lower() for r in requirements}

@@ -26,6 +26,10 @@ def state_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PORTFOLIO_STATE_DIR": str(settings.resolved_state_dir),
         "PORTFOLIO_MODELS_DIR": str(settings.resolved_models_dir),
         "MLFLOW_TRACKING_URI": settings.tracking_uri,
+        # mlflow.set_registry_uri (registry.configure) exports MLFLOW_REGISTRY_URI to this
+        # process's environment, so a test that configured another state would leak its
+        # registry into the subprocess: name this state's registry explicitly.
+        "MLFLOW_REGISTRY_URI": settings.tracking_uri,
         "PORTFOLIO_MODEL_POLL_INTERVAL_S": "0",
         "PORTFOLIO_BOOTSTRAP_ROUNDS": str(settings.bootstrap_rounds),
         "PORTFOLIO_LOG_LEVEL": "WARNING",
