@@ -92,7 +92,7 @@ class PredictionLog:
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
         self._series = f"{service}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._part = itertools.count()
-        self._rng = random.Random()
+        self._rng = random.Random()  # nosec B311: picks which records to log, not a secret
         self._warned_full = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
