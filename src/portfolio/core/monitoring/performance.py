@@ -81,16 +81,7 @@ def realized_metrics(
         metric → {value, ci_low, ci_high}.
     """
     y = np.array([r["y"] for r in rows], dtype=float)
-    outs = [r["outputs"] for r in rows]
-    if spec.task == "classification":
-        proba = np.array([o["probability"] for o in outs], dtype=float)
-        threshold = float(outs[-1]["threshold"])
-        return ev.evaluate_classifier(y.astype(int), proba, threshold, rounds, seed)
-    t = spec.target
-    pred = np.array([o[t] for o in outs], dtype=float)
-    low = np.array([o[f"{t}_low"] for o in outs], dtype=float)
-    high = np.array([o[f"{t}_high"] for o in outs], dtype=float)
-    metrics = ev.evaluate_regressor(y, pred, low, high, rounds, seed)
+    metrics = spec.strategy.realized_metrics(spec, y, [r["outputs"] for r in rows], rounds, seed)
     return {_name(k): v for k, v in metrics.items()}
 
 
