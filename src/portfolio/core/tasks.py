@@ -39,6 +39,15 @@ class ServiceSpec(Protocol):
     def extra_output_columns(self) -> tuple[str, ...]: ...
 
 
+class Rule(Protocol):
+    """A decision rule: a classifier's threshold or a regressor's interval quantiles."""
+
+    @property
+    def threshold(self) -> float | None: ...
+    @property
+    def quantiles(self) -> tuple[float, float] | None: ...
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A candidate's decision rule chosen out of fold, with its metrics (95% bootstrap CIs)."""
@@ -112,15 +121,16 @@ class Task:
         self, spec: ServiceSpec, y: np.ndarray, oof: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray
     ) -> dict[str, float]:
         """``cv_metrics`` on ``test_rows`` with the rule chosen on ``fit_rows`` of ``oof``."""
+        metrics = self.rule_metrics(spec, y[fit_rows], oof[fit_rows], y[test_rows], oof[test_rows])
+        return {m: float(metrics[m]) for m in self.cv_metrics}
+
+    def rule_metrics(
+        self, spec: ServiceSpec, y_fit: np.ndarray, s_fit: np.ndarray, y: np.ndarray, s: np.ndarray
+    ) -> dict[str, float]:
+        """Point metrics (with the rule) of scores ``s``, the rule chosen on ``s_fit``."""
         raise NotImplementedError
 
-    def wrap(
-        self,
-        spec: ServiceSpec,
-        estimator: Any,
-        threshold: float | None,
-        quantiles: tuple[float, float] | None,
-    ) -> Any:
+    def wrap(self, spec: ServiceSpec, estimator: Any, rule: Rule) -> Any:
         """The unfitted candidate wrapped with its decision rule (what is served)."""
         raise NotImplementedError
 
@@ -229,25 +239,17 @@ class ClassificationTask(Task):
         threshold = mx.choose_threshold(y, oof, spec.threshold_policy)
         return Calibration(mx.evaluate_classifier(y, oof, threshold, rounds, seed), threshold=threshold)
 
-    def fold_metrics(
-        self, spec: ServiceSpec, y: np.ndarray, oof: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray
+    def rule_metrics(
+        self, spec: ServiceSpec, y_fit: np.ndarray, s_fit: np.ndarray, y: np.ndarray, s: np.ndarray
     ) -> dict[str, float]:
-        threshold = mx.choose_threshold(y[fit_rows], oof[fit_rows], spec.threshold_policy)
-        metrics = mx.classification_metrics(y[test_rows], oof[test_rows], threshold)
-        metrics["threshold"] = threshold
-        return {m: float(metrics[m]) for m in self.cv_metrics}
+        threshold = mx.choose_threshold(y_fit, s_fit, spec.threshold_policy)
+        return {**mx.classification_metrics(y, s, threshold), "threshold": threshold}
 
-    def wrap(
-        self,
-        spec: ServiceSpec,
-        estimator: Any,
-        threshold: float | None,
-        quantiles: tuple[float, float] | None,
-    ) -> Any:
+    def wrap(self, spec: ServiceSpec, estimator: Any, rule: Rule) -> Any:
         from sklearn.model_selection import FixedThresholdClassifier
 
-        assert threshold is not None
-        return FixedThresholdClassifier(estimator, threshold=threshold, response_method="predict_proba")
+        assert rule.threshold is not None
+        return FixedThresholdClassifier(estimator, threshold=rule.threshold, response_method="predict_proba")
 
     def holdout_scores(self, model: Any, X: pd.DataFrame) -> dict[str, np.ndarray]:
         return {"proba": self.scores(model, X)}
@@ -380,23 +382,16 @@ class RegressionTask(Task):
         low, high = IntervalRegressor(None, *quantiles).interval_from_point(oof)
         return Calibration(mx.evaluate_regressor(y, oof, low, high, rounds, seed), quantiles=quantiles)
 
-    def fold_metrics(
-        self, spec: ServiceSpec, y: np.ndarray, oof: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray
+    def rule_metrics(
+        self, spec: ServiceSpec, y_fit: np.ndarray, s_fit: np.ndarray, y: np.ndarray, s: np.ndarray
     ) -> dict[str, float]:
-        q = conformal_log_quantiles(y[fit_rows], oof[fit_rows], spec.interval_coverage)
-        low, high = IntervalRegressor(None, *q).interval_from_point(oof[test_rows])
-        metrics = mx.regression_metrics(y[test_rows], oof[test_rows], low, high)
-        return {m: float(metrics[m]) for m in self.cv_metrics}
+        q = conformal_log_quantiles(y_fit, s_fit, spec.interval_coverage)
+        low, high = IntervalRegressor(None, *q).interval_from_point(s)
+        return mx.regression_metrics(y, s, low, high)
 
-    def wrap(
-        self,
-        spec: ServiceSpec,
-        estimator: Any,
-        threshold: float | None,
-        quantiles: tuple[float, float] | None,
-    ) -> Any:
-        assert quantiles is not None
-        return IntervalRegressor(estimator, *quantiles, coverage=spec.interval_coverage)
+    def wrap(self, spec: ServiceSpec, estimator: Any, rule: Rule) -> Any:
+        assert rule.quantiles is not None
+        return IntervalRegressor(estimator, *rule.quantiles, coverage=spec.interval_coverage)
 
     def holdout_scores(self, model: Any, X: pd.DataFrame) -> dict[str, np.ndarray]:
         point, low, high = model.predict_interval(X)

@@ -147,7 +147,7 @@ def fit_final(
     """The chosen candidate wrapped with its out-of-fold threshold (classification) or interval
     quantiles (regression), fitted on ``X``, ``y``."""
     estimator = spec.candidates[best.name](params)
-    return spec.strategy.wrap(spec, estimator, best.threshold, best.quantiles).fit(X, y)
+    return spec.strategy.wrap(spec, estimator, best).fit(X, y)
 
 
 def _refit_interval_coverage(spec: ServiceSpec, params: Mapping[str, Any], refit_full: bool) -> float | None:
