@@ -120,9 +120,14 @@ class Task:
     def fold_metrics(
         self, spec: ServiceSpec, y: np.ndarray, oof: np.ndarray, fit_rows: np.ndarray, test_rows: np.ndarray
     ) -> dict[str, float]:
-        """``cv_metrics`` on ``test_rows`` with the rule chosen on ``fit_rows`` of ``oof``."""
+        """``reported_cv_metrics`` on ``test_rows`` with the rule chosen on ``fit_rows`` of ``oof``."""
         metrics = self.rule_metrics(spec, y[fit_rows], oof[fit_rows], y[test_rows], oof[test_rows])
-        return {m: float(metrics[m]) for m in self.cv_metrics}
+        return {m: float(metrics[m]) for m in self.reported_cv_metrics(spec)}
+
+    def reported_cv_metrics(self, spec: Any) -> tuple[str, ...]:
+        """``cv_metrics``, led by the spec's selection metric when it is another one (Plan: accuracy)."""
+        primary = spec.primary_metric
+        return self.cv_metrics if primary in self.cv_metrics else (primary, *self.cv_metrics)
 
     def rule_metrics(
         self, spec: ServiceSpec, y_fit: np.ndarray, s_fit: np.ndarray, y: np.ndarray, s: np.ndarray

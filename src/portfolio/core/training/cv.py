@@ -120,7 +120,7 @@ def fold_metrics(
         test_rows: rows they are measured on (disjoint from ``fit_rows``).
 
     Returns:
-        ``CV_METRICS[spec.task]`` for the test rows.
+        ``spec.strategy.reported_cv_metrics(spec)`` for the test rows.
     """
     return spec.strategy.fold_metrics(spec, y, oof, fit_rows, test_rows)
 
@@ -160,7 +160,7 @@ def repeated_cv(
         raise ValueError(f"folds must be at least 2, got {k}")
     ds = load_training_data(spec, settings, data_path)
     y = ds.y.to_numpy()
-    values: dict[str, list[float]] = {m: [] for m in CV_METRICS[spec.task]}
+    values: dict[str, list[float]] = {m: [] for m in spec.strategy.reported_cv_metrics(spec)}
     for r in range(repeats):
         run = settings.model_copy(update={"seed": settings.seed + r, "cv_folds": k})
         done = r * k
