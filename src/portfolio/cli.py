@@ -671,6 +671,12 @@ def performance(
                 "yes" if v["degraded"] else "no",
             )
     out.print(t)
+    for comp in report["comparisons"]:  # champion vs shadow challenger on the same labelled rows
+        d = {k: "n/a" if v is None else f"{v:.4f}" for k, v in comp["difference"].items()}
+        out.print(
+            f"v{comp['champion_version']} vs challenger v{comp['challenger_version']}: {comp['reason']}; "
+            f"{comp['primary_metric']} difference {d['value']} [{d['ci_low']}, {d['ci_high']}]"
+        )
     out.print(f"{report['degraded_reason']} → {output}, {html_path}")
 
 
@@ -718,20 +724,112 @@ def explain(
 
 @app.command()
 def promote(
-    service: ServiceArg, version: Annotated[str, typer.Argument(help="Version to make champion.")]
+    service: ServiceArg,
+    version: Annotated[str | None, typer.Argument(help="Version to make champion.")] = None,
+    if_better: Annotated[
+        bool,
+        typer.Option(
+            "--if-better",
+            help="Promote @challenger only if it wins, by the champion gate's rule, on the labelled "
+            "records both versions scored (shadow lines). Exit 0 promoted, 1 kept, 2 nothing to compare.",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="--if-better: only predictions from this date/time on (ISO 8601).")
+    ] = None,
 ) -> None:
-    """Move alias `champion` to VERSION by hand."""
+    """Move alias `champion` to VERSION by hand, or to @challenger with --if-better when it wins on
+    live labelled traffic. Says why either way."""
     from portfolio.core import registry
 
     settings = _settings()
     spec = _spec(service)
     registry.configure(settings)
+    if if_better == (version is not None):
+        console.print("[red]give VERSION or --if-better (one of them)[/red]")
+        raise typer.Exit(2)
+    if if_better:
+        from portfolio.core.training.retrain import promote_if_better
+
+        decision = promote_if_better(spec, settings, since=_since(since))
+        print(json.dumps(decision.to_dict(), indent=2))
+        colour = "green" if decision.promoted else "yellow"
+        console.print(f"[{colour}]{spec.name}: {decision.reason}[/{colour}]")
+        raise typer.Exit(decision.code)
     try:
-        mv = registry.promote(spec.name, version)
+        mv = registry.promote(spec.name, version)  # type: ignore[arg-type]
     except Exception as exc:
         console.print(f"[red]cannot promote {spec.name} v{version}: {exc}[/red]")
         raise typer.Exit(2) from None
     out.print(f"{spec.name}: champion → v{mv.version}")
+
+
+def _since(value: str | None) -> Any:
+    """``--since``: an ISO 8601 date/time (UTC when no zone is given); bad text exits with code 2."""
+    from datetime import UTC, datetime
+
+    if not value:
+        return None
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError:
+        console.print(f"[red]--since: not an ISO 8601 date/time: {value!r}[/red]")
+        raise typer.Exit(2) from None
+    return start if start.tzinfo else start.replace(tzinfo=UTC)
+
+
+class When(enum.StrEnum):
+    drift = "drift"
+    performance = "performance"
+    always = "always"
+
+
+@app.command()
+def retrain(
+    service: Annotated[str, typer.Argument(help=f"Service: {', '.join(SERVICES)}, or all")],
+    when: Annotated[
+        When,
+        typer.Option(
+            help="drift: when the drift report finds drift; performance: when the champion's realized "
+            "performance is degraded; always."
+        ),
+    ],
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="A drift or performance report (JSON) to read; default: computed now from "
+            "the prediction log (and labels)."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Computed evidence: predictions from this date/time on.")
+    ] = None,
+    tolerance: Annotated[
+        float, typer.Option(help="`degraded` rule's tolerance (computed performance).")
+    ] = 0.05,
+) -> None:
+    """Read the evidence, train when it asks for it (the gate decides the new version's alias) and
+    log the decision and its reason to MLflow (tags retrain.*). Exit 0 whatever was decided; 2 on
+    bad input (a report missing, unreadable or of another service)."""
+    from portfolio.core.training.retrain import RetrainInputError
+    from portfolio.core.training.retrain import retrain as run_retrain
+
+    settings = _settings()
+    names = list(SERVICES) if service == "all" else [_spec(service).name]
+    if report is not None and len(names) > 1:
+        console.print("[red]--report: a report is of one service; name it instead of `all`[/red]")
+        raise typer.Exit(2)
+    start = _since(since)
+    for name in names:
+        try:
+            result = run_retrain(
+                _spec(name), settings, when.value, report_path=report, since=start, tolerance=tolerance
+            )
+        except RetrainInputError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(2) from None
+        print(json.dumps(result, indent=2, default=str))
+        console.print(f"{name}: {result['decision']}: {result['reason']} (MLflow run {result['run_id']})")
 
 
 @app.command()
