@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from portfolio.core import registry
-from portfolio.core.monitoring.predictions import PredictionLog
+from portfolio.core.monitoring.predictions import STOP, PredictionLog, RecordQueue
 from portfolio.core.serving.inference import Predictor, as_records, load_predictor
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
@@ -40,7 +40,6 @@ log = logging.getLogger(__name__)
 OUTCOMES = ("scored", "skipped", "dropped_queue_full", "error")
 # Records scored in one challenger call at most (requests queued meanwhile are grouped).
 MAX_GROUP_ROWS = 1024
-_STOP = object()
 
 
 class ChallengerHolder:
@@ -126,12 +125,7 @@ class ShadowScorer:
         self.spec = spec
         self.holder = holder or ChallengerHolder(spec, settings)
         self.prediction_log = prediction_log
-        self._limit = settings.shadow_queue
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[Any] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self._warned = False
         self.records = Counter(
             "portfolio_shadow_records",
             "Answered records by what shadow scoring with the challenger did with them",
@@ -139,6 +133,9 @@ class ShadowScorer:
             registry=registry,
         )
         self._counters = {o: self.records.labels(spec.name, o) for o in OUTCOMES}
+        self._queue = RecordQueue(
+            settings.shadow_queue, self._counters["dropped_queue_full"], f"{spec.name}: shadow"
+        )
 
     def start(self) -> None:
         """Start loading the challenger and the scoring thread (the API's start-up)."""
@@ -163,41 +160,30 @@ class ShadowScorer:
             count: How many records.
             batch: Whether they came as a batch (ids ``<request id>:<index>``).
         """
-        if self.holder.predictor is None:
-            return
-        with self._lock:
-            full = self._pending > 0 and self._pending + count > self._limit
-            if not full:
-                self._pending += count
-        if full:
-            self._counters["dropped_queue_full"].inc(count)
-            if not self._warned:
-                self._warned = True
-                log.warning("%s: shadow queue full; records not shadowed (counted)", self.spec.name)
-            return
-        self._queue.put_nowait((request_id, served_version, values, count, batch))
+        if self.holder.predictor is not None:
+            self._queue.offer((request_id, served_version, values, count, batch), count)
 
     def close(self, timeout: float = 30.0) -> None:
         """Score what is queued, then stop (before the prediction log closes)."""
         self.holder.stop()
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        self._queue.stop()
         self._thread.join(timeout)
         self._thread = None
 
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is _STOP:
+            if item is STOP:
                 return
             group, rows, stop = [item], item[3], False
             while rows < MAX_GROUP_ROWS:
                 try:
-                    nxt = self._queue.get_nowait()
+                    nxt = self._queue.get(block=False)
                 except queue.Empty:
                     break
-                if nxt is _STOP:
+                if nxt is STOP:
                     stop = True
                     break
                 group.append(nxt)
@@ -205,8 +191,7 @@ class ShadowScorer:
             try:
                 self._score(group)
             finally:
-                with self._lock:
-                    self._pending -= rows
+                self._queue.done(rows)
             if stop:
                 return
 
