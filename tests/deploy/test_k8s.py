@@ -294,8 +294,10 @@ def pod_of(doc: dict[str, Any]) -> dict[str, Any]:
 def test_each_service_has_a_retrain_cronjob(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     """`portfolio retrain SERVICE --when …` nightly, one run at a time, the API's image and
     settings, as locked down as the APIs (no probes: it is a job)."""
+    from portfolio.cli.closed_loop import When
     from portfolio.core.training.retrain import WHEN
 
+    assert {w.value for w in When} == set(WHEN)  # what the command accepts is what the core reads
     _, docs = rendered
     jobs, deployments = by_kind(docs, "CronJob"), by_kind(docs, "Deployment")
     assert set(jobs) == {f"{name}-retrain" for name in DEPLOYED_SERVICES}
