@@ -52,63 +52,8 @@ from prometheus_client import CollectorRegistry, Counter
 
 log = logging.getLogger(__name__)
 
+_STOP = object()
 OUTCOMES = ("written", "sampled_out", "dropped_queue_full", "write_error")
-
-
-class RecordQueue:
-    """A queue between a request and a background thread, bounded in records (a batch of 1,000
-    weighs as 1,000 requests): an item that does not fit is refused, counted in ``dropped`` and
-    warned about once. An item is still taken when nothing waits, so a big batch is never refused
-    for its size alone.
-
-    Args:
-        limit: Records waiting at most.
-        dropped: The counter of refused records.
-        what: Names the queue in the warning.
-    """
-
-    def __init__(self, limit: int, dropped: Any, what: str):
-        self.limit = limit
-        self._dropped = dropped
-        self._what = what
-        self._warned = False
-        self._pending = 0
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[Any] = queue.Queue()
-
-    def offer(self, item: Any, records: int) -> bool:
-        """Queue ``item`` of ``records`` records if it fits (the hot path); False when refused."""
-        with self._lock:
-            full = self._pending > 0 and self._pending + records > self.limit
-            if not full:
-                self._pending += records
-        if full:
-            self._dropped.inc(records)
-            if not self._warned:
-                self._warned = True
-                log.warning("%s queue full; records not queued (counted)", self._what)
-            return False
-        self._queue.put_nowait(item)
-        return True
-
-    def get(self, block: bool = True) -> Any:
-        """The next item (``queue.Empty`` when not blocking and nothing waits)."""
-        return self._queue.get(block)
-
-    def done(self, records: int) -> None:
-        """The consumer finished ``records`` records: room for as many."""
-        with self._lock:
-            self._pending -= records
-
-    def stop(self) -> None:
-        """Queue the end marker (never refused): the consumer stops after what is queued."""
-        self._queue.put(STOP)
-
-    def empty(self) -> bool:
-        return self._queue.empty()
-
-
-STOP = object()
 
 
 class PredictionLog:
@@ -146,9 +91,10 @@ class PredictionLog:
             registry=registry,
         )
         self._counters = {o: self.records.labels(service, o) for o in OUTCOMES}
-        self._queue = RecordQueue(
-            queue_size, self._counters["dropped_queue_full"], f"{service}: prediction log"
-        )
+        # Bounded in records, not requests: a batch of 1,000 costs as much memory as 1,000 requests.
+        self._queue: queue.Queue[Any] = queue.Queue()
+        self._limit = queue_size
+        self._pending = 0
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
         # Start time first (files sort in time order), then what tells processes and logs apart.
@@ -161,6 +107,7 @@ class PredictionLog:
         self._keep_below = int(sample * 2**32)
         self.retention_s = retention_days * 86400.0
         self._pruned_at = 0.0
+        self._warned_full = False
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -196,16 +143,26 @@ class PredictionLog:
             return
         if self._thread is None:
             self._start()
-        self._queue.offer(
-            (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow),
-            len(outputs),
-        )
+        n = len(outputs)
+        with self._lock:
+            full = self._pending > 0 and self._pending + n > self._limit
+            if not full:
+                self._pending += n
+        if not full:
+            self._queue.put_nowait(
+                (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow)
+            )
+        else:
+            self._counters["dropped_queue_full"].inc(n)
+            if not self._warned_full:
+                self._warned_full = True
+                log.warning("%s: prediction log queue full; records dropped (counted)", self.service)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, flush and close the file (the API's shutdown)."""
         if self._thread is None:
             return
-        self._queue.stop()
+        self._queue.put(_STOP)
         self._thread.join(timeout)
         self._thread = None
 
@@ -221,12 +178,13 @@ class PredictionLog:
     def _run(self) -> None:
         while True:
             item = self._queue.get()
-            if item is STOP:
+            if item is _STOP:
                 break
             try:
                 self._write(item)
             finally:
-                self._queue.done(len(item[5]))
+                with self._lock:
+                    self._pending -= len(item[5])
             if self._queue.empty() and self._file is not None:
                 self._file.flush()  # idle: what was written is in the OS now
         if self._file is not None:

@@ -3,9 +3,10 @@ scores every record it answers with the challenger, off the request path, and lo
 challenger's outputs to the prediction log as shadow lines (``"shadow": true``, the same
 ``request_id``, the challenger's ``model_version``). The caller's answer never depends on it.
 
-- **Off the request path.** A request only puts one item (its validated values, by reference) on a
-  bounded queue; a background thread takes what has queued (up to ``MAX_GROUP_ROWS`` records),
-  scores it with the challenger in one call and hands each request's outputs to the prediction
+- **Off the request path.** A request only appends one item (its validated values, by reference)
+  to a bounded queue that wakes nobody (``queueing.RecordQueue``); a background thread takes what
+  has queued every 50 ms (at once when the queue is half full), scores it with the challenger in
+  calls of up to ``MAX_GROUP_ROWS`` records and hands each request's outputs to the prediction
   log. Without a loaded challenger nothing is queued.
 - **Bounded.** At most ``PORTFOLIO_SHADOW_QUEUE`` records wait; a request that does not fit is not
   shadowed and its records are counted in
@@ -22,7 +23,6 @@ challenger's outputs to the prediction log as shadow lines (``"shadow": true``, 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 
 from portfolio.core import registry
-from portfolio.core.monitoring.predictions import STOP, PredictionLog, RecordQueue
+from portfolio.core.monitoring.predictions import PredictionLog
+from portfolio.core.monitoring.queueing import RecordQueue
 from portfolio.core.serving.inference import Predictor, as_records, load_predictor
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
@@ -151,7 +152,7 @@ class ShadowScorer:
         count: int,
         batch: bool,
     ) -> None:
-        """Queue one answered request (the hot path: a lock, a comparison and a queue put).
+        """Queue one answered request (the hot path: a lock, a comparison and a deque append).
 
         Args:
             request_id: The request's id (the prediction log's id of its records).
@@ -174,26 +175,24 @@ class ShadowScorer:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is STOP:
+            group: list[Any] = []
+            rows = 0
+            for item, records in self._queue.take():
+                group.append(item)
+                rows += records
+                if rows >= MAX_GROUP_ROWS:
+                    self._score_and_release(group, rows)
+                    group, rows = [], 0
+            if group:
+                self._score_and_release(group, rows)
+            if self._queue.stopping and self._queue.empty():
                 return
-            group, rows, stop = [item], item[3], False
-            while rows < MAX_GROUP_ROWS:
-                try:
-                    nxt = self._queue.get(block=False)
-                except queue.Empty:
-                    break
-                if nxt is STOP:
-                    stop = True
-                    break
-                group.append(nxt)
-                rows += nxt[3]
-            try:
-                self._score(group)
-            finally:
-                self._queue.done(rows)
-            if stop:
-                return
+
+    def _score_and_release(self, group: list[tuple[Any, ...]], rows: int) -> None:
+        try:
+            self._score(group)
+        finally:
+            self._queue.done(rows)
 
     def _score(self, group: list[tuple[Any, ...]]) -> None:
         p = self.holder.predictor
