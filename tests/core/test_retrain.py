@@ -136,3 +136,29 @@ def test_drift_computed_from_the_champions_logged_inputs(state: Settings, tmp_pa
     result = retrain(SPEC, state.model_copy(update={"prediction_log_dir": logs}), "drift")
     assert result["triggered"], result["reason"]
     assert "x1" in result["reason"] and "over 300 rows" in result["reason"]  # shadow lines not counted
+
+
+def test_cli_exit_codes_on_bad_input(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from portfolio.cli import app as cli_app
+    from tests.support.live import state_env
+
+    env = state_env(make_settings(tmp_path / "state"))
+    runner = CliRunner()
+    res = runner.invoke(cli_app, ["promote", "bankchurn"], env=env)
+    assert res.exit_code == 2 and "VERSION or --if-better" in res.output
+    res = runner.invoke(cli_app, ["promote", "bankchurn", "3", "--if-better"], env=env)
+    assert res.exit_code == 2 and "VERSION or --if-better" in res.output
+    res = runner.invoke(cli_app, ["promote", "bankchurn", "--if-better"], env=env)
+    assert res.exit_code == 2 and "no @champion registered" in res.output
+    res = runner.invoke(cli_app, ["promote", "bankchurn", "--if-better", "--since", "yesterday"], env=env)
+    assert res.exit_code == 2 and "--since" in res.output
+    res = runner.invoke(
+        cli_app, ["retrain", "bankchurn", "--when", "drift", "--report", "none.json"], env=env
+    )
+    assert res.exit_code == 2 and "file not found" in res.output
+    res = runner.invoke(cli_app, ["retrain", "all", "--when", "drift", "--report", "none.json"], env=env)
+    assert res.exit_code == 2 and "one service" in res.output
+    res = runner.invoke(cli_app, ["retrain", "bankchurn", "--when", "sometimes"], env=env)
+    assert res.exit_code == 2
