@@ -186,6 +186,22 @@ class Task:
         """Metrics (95% bootstrap intervals) of logged answers against their true labels."""
         raise NotImplementedError
 
+    def metric_difference(
+        self,
+        spec: ServiceSpec,
+        metric: str,
+        y: np.ndarray,
+        served: Sequence[Mapping[str, Any]],
+        shadow: Sequence[Mapping[str, Any]],
+    ) -> tuple[Callable[[np.ndarray], dict[str, float]], np.ndarray | None]:
+        """``metric`` of the shadow answers less that of the served ones on the same labelled rows.
+
+        Returns:
+            The difference on row indices (``{"d": value}``, as ``bootstrap_intervals`` takes
+            it), and what its bootstrap stratifies on (None: nothing).
+        """
+        raise NotImplementedError
+
     # -- explanations -----------------------------------------------------------------------------
     def to_explain_scale(self, scores: np.ndarray) -> np.ndarray:
         """Scores in ``explain_scale``."""
@@ -318,6 +334,27 @@ class ClassificationTask(Task):
         threshold = float(outputs[-1]["threshold"])
         return mx.evaluate_classifier(y.astype(int), proba, threshold, rounds, seed)
 
+    def metric_difference(
+        self,
+        spec: ServiceSpec,
+        metric: str,
+        y: np.ndarray,
+        served: Sequence[Mapping[str, Any]],
+        shadow: Sequence[Mapping[str, Any]],
+    ) -> tuple[Callable[[np.ndarray], dict[str, float]], np.ndarray | None]:
+        a = np.array([o["probability"] for o in served], dtype=float)
+        b = np.array([o["probability"] for o in shadow], dtype=float)
+        ta, tb = float(served[-1]["threshold"]), float(shadow[-1]["threshold"])
+        yi = y.astype(int)
+
+        def diff(i: np.ndarray) -> dict[str, float]:
+            return {
+                "d": mx.classification_metrics(yi[i], b[i], tb)[metric]
+                - mx.classification_metrics(yi[i], a[i], ta)[metric]
+            }
+
+        return diff, yi
+
     def to_explain_scale(self, scores: np.ndarray) -> np.ndarray:
         return mx.logit(scores, eps=1e-15)
 
@@ -437,6 +474,25 @@ class RegressionTask(Task):
         low = np.array([o[f"{t}_low"] for o in outputs], dtype=float)
         high = np.array([o[f"{t}_high"] for o in outputs], dtype=float)
         return mx.evaluate_regressor(y, pred, low, high, rounds, seed)
+
+    def metric_difference(
+        self,
+        spec: ServiceSpec,
+        metric: str,
+        y: np.ndarray,
+        served: Sequence[Mapping[str, Any]],
+        shadow: Sequence[Mapping[str, Any]],
+    ) -> tuple[Callable[[np.ndarray], dict[str, float]], np.ndarray | None]:
+        t = spec.target
+        a = np.array([o[t] for o in served], dtype=float)
+        b = np.array([o[t] for o in shadow], dtype=float)
+
+        def diff(i: np.ndarray) -> dict[str, float]:
+            return {
+                "d": mx.regression_metrics(y[i], b[i])[metric] - mx.regression_metrics(y[i], a[i])[metric]
+            }
+
+        return diff, None
 
     def tree_booster(self, final: Any) -> bool:
         from xgboost import XGBRegressor

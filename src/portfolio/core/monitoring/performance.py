@@ -179,30 +179,9 @@ def _paired_difference(
 ) -> dict[str, float]:
     metric = spec.primary_metric
     y = np.array([r["y"] for r in served], dtype=float)
-    if spec.task == "classification":
-        a = np.array([r["outputs"]["probability"] for r in served], dtype=float)
-        b = np.array([r["outputs"]["probability"] for r in shadow], dtype=float)
-        ta, tb = float(served[-1]["outputs"]["threshold"]), float(shadow[-1]["outputs"]["threshold"])
-        yi = y.astype(int)
-
-        def diff(i: np.ndarray) -> dict[str, float]:
-            return {
-                "d": ev.classification_metrics(yi[i], b[i], tb)[metric]
-                - ev.classification_metrics(yi[i], a[i], ta)[metric]
-            }
-
-        stratify: np.ndarray | None = yi
-    else:
-        t = spec.target
-        a = np.array([r["outputs"][t] for r in served], dtype=float)
-        b = np.array([r["outputs"][t] for r in shadow], dtype=float)
-
-        def diff(i: np.ndarray) -> dict[str, float]:
-            return {
-                "d": ev.regression_metrics(y[i], b[i])[metric] - ev.regression_metrics(y[i], a[i])[metric]
-            }
-
-        stratify = None
+    diff, stratify = spec.strategy.metric_difference(
+        spec, metric, y, [r["outputs"] for r in served], [r["outputs"] for r in shadow]
+    )
     every = np.arange(len(y))
     low, high = ev.bootstrap_intervals(diff, len(y), rounds, seed, stratify)["d"]
     return {"value": diff(every)["d"], "ci_low": low, "ci_high": high}
