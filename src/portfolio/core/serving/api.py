@@ -4,7 +4,6 @@ service contributes only its spec; nothing here is service-specific."""
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +17,7 @@ from portfolio.core.serving.context import ServingContext
 from portfolio.core.serving.errors import install_error_handlers
 from portfolio.core.serving.inference import ModelHolder
 from portfolio.core.serving.metrics import Metrics
+from portfolio.core.serving.request_ids import new_request_id
 from portfolio.core.serving.routes import admin, explain, ops, predict
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
@@ -140,7 +140,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or new_request_id()
         token = request_id.set(rid)
         path = scope.get("path", "")
         if log.isEnabledFor(logging.DEBUG) and path not in _UNLOGGED:
