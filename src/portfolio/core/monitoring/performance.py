@@ -35,7 +35,6 @@ import orjson
 from portfolio.core.monitoring.feedback import read_labels
 from portfolio.core.monitoring.predictions import read_log
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import evaluation as ev
 
 LOWER_IS_BETTER = {"rmse", "mae", "brier", "interval_width"}
 
@@ -80,6 +79,8 @@ def realized_metrics(
     Returns:
         metric → {value, ci_low, ci_high}.
     """
+    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
+
     y = np.array([r["y"] for r in rows], dtype=float)
     outs = [r["outputs"] for r in rows]
     if spec.task == "classification":
@@ -101,6 +102,8 @@ def _name(metric: str) -> str:
 def holdout_metrics(service: str, version: str) -> dict[str, dict[str, float]] | None:
     """The hold-out metrics a registered version's training run logged (None when unreachable)."""
     from mlflow.tracking import MlflowClient
+
+    from portfolio.core.training import evaluation as ev
 
     try:
         client = MlflowClient()

@@ -23,10 +23,10 @@ logged), never silently. ``close()`` (the API's shutdown on SIGTERM/SIGINT) drai
 flushes the file.
 
 What a crash can lose at most: the writer flushes to the OS each time it has emptied the queue, so
-a killed process (SIGKILL, OOM) loses at most the requests still queued (≤
-``PORTFOLIO_PREDICTION_LOG_QUEUE`` records, and at least those of the last ``FLUSH_INTERVAL_S``)
-plus the lines written since the last flush; a machine crash also loses what the OS had not written to disk yet
-(no fsync).
+a killed process (SIGKILL, OOM) loses at most the requests still queued (those of the last
+``FLUSH_INTERVAL_S``, more if the writer fell behind; ≤ ``PORTFOLIO_PREDICTION_LOG_QUEUE`` records) plus
+the lines written since the last flush; a machine crash also loses what the OS had not written
+to disk yet (no fsync).
 """
 
 from __future__ import annotations
@@ -95,6 +95,7 @@ class PredictionLog:
         self._wake = threading.Event()
         self._stopping = False
         self._file: IO[bytes] | None = None
+        self._size = 0  # bytes in the current file
         # Start time first (files sort in time order), then what tells processes and logs apart.
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
@@ -219,19 +220,23 @@ class PredictionLog:
             return
         try:
             fh = self._current()
-            fh.write(b"\n".join(lines) + b"\n")
+            data = b"\n".join(lines) + b"\n"
+            fh.write(data)
+            self._size += len(data)
             self._counters["written"].inc(len(lines))
         except OSError as exc:
             self._counters["write_error"].inc(len(lines))
             log.warning("%s: prediction log not written (%s)", self.service, exc)
 
     def _current(self) -> IO[bytes]:
-        if self._file is not None and self._file.tell() >= self.max_bytes:
+        # The size is counted, not asked of the file: tell() is a system call per write.
+        if self._file is not None and self._size >= self.max_bytes:
             self._file.close()
             self._file = None
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             self._file = (self.folder / f"{self._series}-{next(self._part):04d}.jsonl").open("ab")
+            self._size = self._file.tell()
         return self._file
 
 

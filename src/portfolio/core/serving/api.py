@@ -62,6 +62,9 @@ def create_app(
     install_error_handlers(app)
     for routes in (ops, predict, explain, admin):
         app.include_router(routes.router(ctx))
+    # Before every route: the prediction endpoints' common requests skip FastAPI's request
+    # handling (routes/predict.py says which and why); the FastAPI routes document them.
+    app.router.routes[0:0] = predict.fast_routes(ctx)
     document_bodies(app, [ctx.Record, ctx.Batch])
     app.add_middleware(
         RequestContextMiddleware, service=spec.name, metrics=ctx.metrics, max_body=ctx.settings.max_body_bytes
