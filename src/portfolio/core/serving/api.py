@@ -201,7 +201,7 @@ class RequestContextMiddleware:
                 )
             children[0].inc()
             children[1].observe(elapsed)
-            if endpoint not in _UNLOGGED:
+            if endpoint not in _UNLOGGED and log.isEnabledFor(logging.INFO):  # no dict when off
                 log.info(
                     "request",
                     extra={
