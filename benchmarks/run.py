@@ -5,6 +5,10 @@ versions) to docs/benchmarks.md.
 Everything runs for real: uvicorn APIs and `mlflow models serve` as separate processes on loopback
 ports, load from `wrk` (Debian package, installed when missing), in-process timings with
 perf_counter. Champions come from the configured tracking store (trained first when missing).
+
+First the floor section (``floor_section``): each service's ``/predict`` against bare FastAPI
+(benchmarks/floor.py) in alternating rounds, and each API worker's resident memory.
+``BENCH_FLOOR_ONLY=1`` runs only that and rewrites only its block of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -457,9 +461,19 @@ def write_report(rows: list[tuple[str, str, str, str]], cli: dict[str, float], f
         "- `portfolio predict` reads and validates the next 100,000-row chunk (~0.25 s) on one core",
         "  while the current one is scored (~0.23 s, the walk on both cores); the model's one-off",
         "  work overlaps the first chunk. On this VM the rate moves by ±20% between runs.",
-        "- The HTTP stack (uvicorn, routing, middleware, metrics, drift window) adds 0.3-0.4 ms per",
-        "  request on one core (BankChurn: 1/throughput minus in-process p50), so >= 1,000 req/s",
-        "  needs an in-process time near 0.5 ms.",
+        "- The API's own cost per request (issue 33; py-spy at 500 Hz on BankChurn's worker under",
+        "  wrk, shares of the event loop's busy samples). Before: the prediction log woke its",
+        "  writer thread on every request (a condition variable's notify, then the writer taking",
+        "  the interpreter lock for one line and a `tell()` system call): ~29%; `uuid4()` for the",
+        "  request id (a random read that gives up the interpreter lock): ~20%; FastAPI's",
+        "  dependency solving for `?explain`: ~10%; the model ~13%. Now the writer wakes every",
+        "  50 ms and writes what is queued, request ids are a random prefix per process plus a",
+        "  counter, and `/predict` and `/predict/batch` with a plain query are bare ASGI routes",
+        "  placed before FastAPI's routes (`routes/predict.py`; other queries and methods reach",
+        "  the FastAPI routes, which document both). What is left is mostly uvicorn's (its two",
+        "  socket writes per response are the largest item, as for the floor) and the compiled",
+        "  model (the encoders more than the trees); validation ~2%. The floor section above",
+        "  measures each service against bare FastAPI.",
         "- Workers (`--workers N`, `PORTFOLIO_WORKERS`): each worker listens on its own socket",
         "  (SO_REUSEPORT, `core/serving/workers.py`), so the kernel spreads new connections over the",
         "  workers. uvicorn's own workers share one socket, and the first to wake accepts every",
