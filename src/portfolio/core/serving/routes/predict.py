@@ -5,7 +5,7 @@ pydantic-core validator themselves, check the key inline and write JSON with orj
 FastAPI's dependency/body/response machinery (about half of a request's time in a profile). The
 OpenAPI documents the same models (see ``body_schema``).
 
-Each is served twice over one function (``score_one``, ``score_batch``): ``fast_routes`` answers a
+Each is served twice over one function (``_score_one``, ``_score_batch``): ``fast_routes`` answers a
 POST whose query is empty or a plain ``explain=true|false`` as a bare ASGI route placed before
 every FastAPI route (no request object, dependency solving or response class: in a profile those
 were about a quarter of the API's own time per request); any other query (``explain=no``,
@@ -42,33 +42,15 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
-def score_one(ctx: ServingContext, body: bytes, explain: bool) -> dict[str, Any]:
-    """``POST /predict``: one record's JSON body → its answer (after the key check).
-
-    Args:
-        ctx: The app's serving context.
-        body: The request body.
-        explain: ``?explain=``.
-
-    Returns:
-        The response record.
-    """
+def _score_one(ctx: ServingContext, body: bytes, explain: bool) -> dict[str, Any]:
+    """``POST /predict`` after the key check: one record's JSON body → its answer."""
     record = ctx.parse(body, ctx.record_validator)
     p = ctx.require_model()
     return ctx.respond(p, 1, {f.name: (record.get(f.name),) for f in ctx.spec.fields}, explain)[0]
 
 
-def score_batch(ctx: ServingContext, body: bytes, explain: bool) -> dict[str, Any]:
-    """``POST /predict/batch``: a batch's JSON body → its answer (after the key check).
-
-    Args:
-        ctx: The app's serving context.
-        body: The request body.
-        explain: ``?explain=``.
-
-    Returns:
-        The predictions, the model version and the count.
-    """
+def _score_batch(ctx: ServingContext, body: bytes, explain: bool) -> dict[str, Any]:
+    """``POST /predict/batch`` after the key check: the predictions, model version and count."""
     batch = ctx.batch_values(body)
     p = ctx.require_model()
     return {
@@ -95,7 +77,7 @@ def router(ctx: ServingContext) -> APIRouter:
     async def predict(request: Request, explain: bool = EXPLAIN_QUERY) -> Response:
         """Score one record."""
         ctx.require_key(request)
-        return json_response(score_one(ctx, await request.body(), explain))
+        return json_response(_score_one(ctx, await request.body(), explain))
 
     @api.post(
         "/predict/batch", tags=["predict"], openapi_extra=body_schema(ctx.Batch), responses=PREDICT_RESPONSES
@@ -103,7 +85,7 @@ def router(ctx: ServingContext) -> APIRouter:
     async def predict_batch(request: Request, explain: bool = EXPLAIN_QUERY) -> Response:
         """Score up to PORTFOLIO_MAX_BATCH_SIZE records (more: 422 naming `records`)."""
         ctx.require_key(request)
-        return json_response(score_batch(ctx, await request.body(), explain))
+        return json_response(_score_batch(ctx, await request.body(), explain))
 
     return api
 
@@ -119,7 +101,7 @@ class FastRoute(BaseRoute):
     Args:
         ctx: The app's serving context.
         path: ``/predict`` or ``/predict/batch``.
-        score: ``score_one`` or ``score_batch``.
+        score: ``_score_one`` or ``_score_batch``.
     """
 
     def __init__(self, ctx: ServingContext, path: str, score: Any):
@@ -176,4 +158,4 @@ def fast_routes(ctx: ServingContext) -> list[BaseRoute]:
     Returns:
         The routes for ``/predict`` and ``/predict/batch``.
     """
-    return [FastRoute(ctx, "/predict", score_one), FastRoute(ctx, "/predict/batch", score_batch)]
+    return [FastRoute(ctx, "/predict", _score_one), FastRoute(ctx, "/predict/batch", _score_batch)]
