@@ -96,6 +96,7 @@ class PredictionLog:
         self._stopping = False
         self._file: IO[bytes] | None = None
         self._size = 0  # bytes in the current file
+        self._second, self._second_text = -1, ""  # the last whole second _stamp formatted
         # Start time first (files sort in time order), then what tells processes and logs apart.
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
@@ -195,7 +196,7 @@ class PredictionLog:
 
     def _write(self, item: tuple[Any, ...]) -> None:
         ts, rid, version, inference, inputs, outputs, batch, index = item
-        stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+        stamp = self._stamp(ts)
         names = list(inputs)
         columns = [inputs[n] for n in names]
         lines: list[bytes] = []
@@ -227,6 +228,19 @@ class PredictionLog:
         except OSError as exc:
             self._counters["write_error"].inc(len(lines))
             log.warning("%s: prediction log not written (%s)", self.service, exc)
+
+    def _stamp(self, ts: float) -> str:
+        """``ts`` as ISO 8601 UTC with microseconds, as ``datetime.isoformat`` writes it; the
+        date and time of day are formatted once per second (~0.5 instead of ~3 µs a record,
+        which the writer spends holding the interpreter lock the event loop needs)."""
+        second = int(ts)
+        micro = round((ts - second) * 1e6)
+        if micro >= 1_000_000:  # rounds up into the next second
+            second, micro = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{micro:06d}+00:00"
 
     def _current(self) -> IO[bytes]:
         # The size is counted, not asked of the file: tell() is a system call per write.
