@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -47,8 +48,11 @@ def _pandera() -> Any:
 
     pandera imports pyspark.pandas whenever pyspark is installed (the `spark` extra): ~1.4 s, and
     it patches pandas. Nothing here uses pandas-on-Spark, so pandera is shown that import
-    failing; the real module stays importable afterwards."""
+    failing; the real module stays importable afterwards. It also sets SPARK_LOCAL_IP=127.0.0.1
+    (and PYARROW_IGNORE_TIMEZONE) when unset, which would tie a Spark driver started later in
+    this process to loopback, out of a cluster's reach: the environment is put back as it was."""
     hide = "pyspark.pandas" not in sys.modules
+    spark_env = {k: os.environ.get(k) for k in ("SPARK_LOCAL_IP", "PYARROW_IGNORE_TIMEZONE")}
     if hide:
         sys.modules["pyspark.pandas"] = None  # type: ignore[assignment]
     try:
@@ -56,6 +60,9 @@ def _pandera() -> Any:
     finally:
         if hide:
             sys.modules.pop("pyspark.pandas", None)
+        for key, value in spark_env.items():
+            if value is None:
+                os.environ.pop(key, None)
     return pandera.pandas
 
 
