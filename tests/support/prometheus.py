@@ -8,17 +8,16 @@ import copy
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from subprocess import Popen
 from typing import Any
 
 import httpx
 import yaml
 
-from portfolio.core.processes import free_port, start, stop, wait_http
+from portfolio.core.processes import free_port
 from tests.support.helpers import ROOT, ensure_apt
+from tests.support.live import LiveProcess, running
 
 PROM = ROOT / "deploy" / "prometheus"
 API_JOB = "portfolio-api"
@@ -58,14 +57,8 @@ def loopback_config(
     return conf
 
 
-@dataclass
-class LivePrometheus:
-    url: str
-    proc: Popen[bytes]
-    log: Path
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+class LivePrometheus(LiveProcess):
+    """The Prometheus server and its HTTP API."""
 
     def api(self, path: str, **params: str) -> Any:
         """``/api/v1/<path>``'s ``data`` (fails on an error answer)."""
@@ -133,24 +126,14 @@ def live_prometheus(
     rules.write_text(yaml.safe_dump(held_rules(yaml.safe_load((PROM / "alerts.yml").read_text()), hold)))
     config = workdir / "prometheus.yml"
     config.write_text(yaml.safe_dump(loopback_config(port, api_targets, rules, scrape, evaluation)))
-    log = workdir / "prometheus.log"
-    proc = start(
-        [
-            binary,
-            f"--config.file={config}",
-            f"--storage.tsdb.path={workdir / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
-        ],
-        log_file=log,
-        cwd=workdir,
-    )
-    server = LivePrometheus(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        try:
-            wait_http(f"{server.url}/-/ready", timeout=start_timeout, proc=proc)
-        except Exception as exc:
-            raise AssertionError(f"prometheus did not start ({exc}):\n{server.log_tail()}") from None
-        yield server
-    finally:
-        stop(proc)
+    argv = [
+        binary,
+        f"--config.file={config}",
+        f"--storage.tsdb.path={workdir / 'tsdb'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+    url, log = f"http://127.0.0.1:{port}", workdir / "prometheus.log"
+    ready, kind = "/-/ready", LivePrometheus
+    with running(kind, "prometheus", argv, url, ready, log, cwd=workdir, timeout=start_timeout) as prom:
+        yield prom
