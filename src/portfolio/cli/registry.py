@@ -1,0 +1,50 @@
+"""Commands on the model registry: promote, models."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from portfolio.cli.common import ServiceArg, cli_settings, console, out, service_spec
+from portfolio.services import SERVICES
+
+
+def promote(
+    service: ServiceArg, version: Annotated[str, typer.Argument(help="Version to make champion.")]
+) -> None:
+    """Move alias `champion` to VERSION by hand."""
+    from portfolio.core import registry
+
+    settings = cli_settings()
+    spec = service_spec(service)
+    registry.configure(settings)
+    try:
+        mv = registry.promote(spec.name, version)
+    except Exception as exc:
+        console.print(f"[red]cannot promote {spec.name} v{version}: {exc}[/red]")
+        raise typer.Exit(2) from None
+    out.print(f"{spec.name}: champion → v{mv.version}")
+
+
+def models(service: Annotated[str | None, typer.Argument(help="One service (default: all).")] = None) -> None:
+    """List registered versions with their aliases and hold-out metrics."""
+    from portfolio.core import registry
+
+    settings = cli_settings()
+    registry.configure(settings)
+    for name in [service] if service else list(SERVICES):
+        spec = service_spec(name)
+        t = Table(title=spec.title)
+        for col in ("version", "aliases", f"test_{spec.primary_metric}", "created"):
+            t.add_column(col)
+        for row in registry.list_versions(name, spec.primary_metric):
+            t.add_row(
+                row.version,
+                ",".join(row.aliases),
+                "" if row.holdout is None else f"{row.holdout:.4f}",
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(row.created_ms / 1000)),
+            )
+        out.print(t)
