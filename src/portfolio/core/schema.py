@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +40,11 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 # pandera imports pyspark.pandas whenever pyspark is installed (the `spark` extra): ~1.4 s on every
 # CLI/API start, and it patches pandas. Nothing here uses pandas-on-Spark, so pandera is shown
 # that import failing; the real module stays importable afterwards.
+# It also sets SPARK_LOCAL_IP=127.0.0.1 (and PYARROW_IGNORE_TIMEZONE) when unset, which would tie
+# a Spark driver started later in this process to loopback, out of a cluster's reach: the
+# environment is put back as it was.
 _hide_pandas_on_spark = "pyspark.pandas" not in sys.modules
+_spark_env = {k: os.environ.get(k) for k in ("SPARK_LOCAL_IP", "PYARROW_IGNORE_TIMEZONE")}
 if _hide_pandas_on_spark:
     sys.modules["pyspark.pandas"] = None  # type: ignore[assignment]
 try:
@@ -47,6 +52,9 @@ try:
 finally:
     if _hide_pandas_on_spark:
         sys.modules.pop("pyspark.pandas", None)
+    for _key, _value in _spark_env.items():
+        if _value is None:
+            os.environ.pop(_key, None)
 
 Kind = Literal["int", "float", "category", "text", "date"]
 
