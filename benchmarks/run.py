@@ -141,6 +141,58 @@ def cli_throughput(settings: Settings) -> dict[str, float]:
     }
 
 
+def shadow_cost(settings: Settings, add: Any) -> None:
+    """The shadow challenger's cost to the caller: BankChurn with PORTFOLIO_SHADOW off and on,
+    alternately, twice each. Without a registered @challenger, the champion's artifact is
+    registered again as one (the same model: the same scoring cost as a challenger of its kind)
+    and the alias is removed afterwards."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    name = "bankchurn"
+    added = None
+    if registry.alias_version(name, registry.CHALLENGER) is None:
+        champ = registry.champion_version(name)
+        assert champ is not None
+        added = mlflow.register_model(champ.source, name, tags=dict(champ.tags or {}))
+        registry.set_alias(name, registry.CHALLENGER, added.version)
+    records = sample_records(SERVICES[name], settings, 1000)
+    try:
+        for round_ in (1, 2):
+            for label, on in (("off", "false"), ("on", "true")):
+                proc, base = serve_api(name, settings, env={"PORTFOLIO_SHADOW": on})
+                try:
+                    if on == "true":
+                        for _ in range(600):
+                            if httpx.get(f"{base}/model").json()["shadow"]["challenger_version"]:
+                                break
+                            time.sleep(0.1)
+                    r = run_wrk(f"{base}/predict", records[:100])
+                    tag = f"bankchurn, shadow {label} (run {round_})"
+                    add(f"{tag}: HTTP /predict req/s", r["rps"], "report", True, "{:.0f}")
+                    add(f"{tag}: HTTP /predict p99 (ms)", r["p99_ms"], "≤ 20 ms", r["p99_ms"] <= 20)
+                    bp50 = batch_p50(base, records)
+                    add(f"{tag}: batch of 1,000 p50 (ms)", bp50, "≤ 25 ms", bp50 <= 25)
+                    if on == "true":
+                        text = httpx.get(f"{base}/metrics").text
+                        for outcome in ("scored", "dropped_queue_full"):
+                            labels = f'{{outcome="{outcome}",service="{name}"}}'
+                            found = re.search(rf"portfolio_shadow_records_total{labels} ([0-9.e+]+)", text)
+                            value = float(found.group(1)) if found else 0.0
+                            add(
+                                f"{tag}: records shadow-{outcome.replace('_', ' ')}",
+                                value,
+                                "report",
+                                True,
+                                "{:,.0f}",
+                            )
+                finally:
+                    stop(proc)
+    finally:
+        if added is not None:
+            MlflowClient().delete_registered_model_alias(name, registry.CHALLENGER)
+
+
 def main() -> None:
     settings = get_settings()
     registry.configure(settings)
@@ -153,6 +205,10 @@ def main() -> None:
             f"{figure:60s} {fmt.format(value):>12s}  target {target:>14s}  {'PASS' if ok else 'MISS'}",
             flush=True,
         )
+
+    if os.environ.get("BENCH_ONLY") == "shadow":  # just this comparison, printed (no report file)
+        shadow_cost(settings, add)
+        return
 
     def explain_off(name: str, spec: Any, base: str, records: list[dict[str, Any]]) -> None:
         tag = f"{name} ?explain=false"
@@ -230,6 +286,9 @@ def main() -> None:
             add(f"bankchurn, prediction log {label}: batch of 1,000 p50 (ms)", bp50, "≤ 25 ms", bp50 <= 25)
         finally:
             stop(proc)
+
+    # The shadow challenger's cost (PORTFOLIO_SHADOW off and on, the same API).
+    shadow_cost(settings, add)
 
     for name in NAMES:
         records = sample_records(SERVICES[name], settings, 100)

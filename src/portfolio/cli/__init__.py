@@ -1,5 +1,5 @@
-"""`portfolio`: train, predict, evaluate, learning-curve, cv, serve, promote, validate, drift, models,
-dashboard, up."""
+"""`portfolio`: train, predict, evaluate, learning-curve, cv, serve, promote, retrain, validate, drift,
+feedback, performance, models, dashboard, up."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import typer
 
-from portfolio.cli import monitoring, predicting, registry, stack, training
+from portfolio.cli import closed_loop, monitoring, predicting, registry, stack, training
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -23,6 +23,7 @@ app.command()(monitoring.feedback)
 app.command()(monitoring.performance)
 app.command()(monitoring.explain)
 app.command()(registry.promote)
+app.command()(closed_loop.retrain)
 app.command()(registry.models)
 app.command()(predicting.serve)
 app.command()(stack.dashboard)

@@ -54,3 +54,18 @@ def scoring_predictor(service: str, version: str | None) -> Any:
     except registry.NoChampionError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(3) from None
+
+
+def parse_since(value: str | None) -> Any:
+    """A ``--since`` option: an ISO 8601 date/time (UTC when it names no zone), None when not
+    given; text that is not one exits with code 2."""
+    from datetime import UTC, datetime
+
+    if not value:
+        return None
+    try:
+        start = datetime.fromisoformat(value)
+    except ValueError:
+        console.print(f"[red]--since: not an ISO 8601 date/time: {value!r}[/red]")
+        raise typer.Exit(2) from None
+    return start if start.tzinfo else start.replace(tzinfo=UTC)

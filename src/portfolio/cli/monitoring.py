@@ -14,6 +14,7 @@ from portfolio.cli.common import (
     cli_settings,
     console,
     out,
+    parse_since,
     scoring_predictor,
     service_spec,
     write_text,
@@ -109,22 +110,14 @@ def performance(
     ] = 0.05,
 ) -> None:
     """Realized metrics (95% bootstrap intervals) of the served versions on labelled predictions,
-    beside their hold-out figures, with `degraded`; JSON + HTML, and the API's /metrics."""
-    from datetime import UTC, datetime
-
+    beside their hold-out figures, with `degraded`, and champion vs shadow challenger on the same
+    labelled rows; JSON + HTML, and the API's /metrics."""
     from portfolio.core import registry
     from portfolio.core.monitoring.performance import performance_report, save_latest, write_html
 
     settings = cli_settings()
     spec = service_spec(service)
-    start = None
-    if since:
-        try:
-            start = datetime.fromisoformat(since)
-        except ValueError:
-            console.print(f"[red]--since: not an ISO 8601 date/time: {since!r}[/red]")
-            raise typer.Exit(2) from None
-        start = start if start.tzinfo else start.replace(tzinfo=UTC)
+    start = parse_since(since)
     if not 0 <= tolerance < 1:
         console.print(f"[red]--tolerance: must be in [0, 1), not {tolerance}[/red]")
         raise typer.Exit(2)
@@ -162,6 +155,12 @@ def performance(
                 "yes" if v["degraded"] else "no",
             )
     out.print(t)
+    for comp in report["comparisons"]:  # champion vs shadow challenger on the same labelled rows
+        d = {k: "n/a" if v is None else f"{v:.4f}" for k, v in comp["difference"].items()}
+        out.print(
+            f"v{comp['champion_version']} vs challenger v{comp['challenger_version']}: {comp['reason']}; "
+            f"{comp['primary_metric']} difference {d['value']} [{d['ci_low']}, {d['ci_high']}]"
+        )
     out.print(f"{report['degraded_reason']} → {output}, {html_path}")
 
 

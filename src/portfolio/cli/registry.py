@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from portfolio.cli.common import ServiceArg, cli_settings, console, out, service_spec
+from portfolio.cli.common import ServiceArg, cli_settings, console, out, parse_since, service_spec
 from portfolio.services import SERVICES
 
 
 def promote(
-    service: ServiceArg, version: Annotated[str, typer.Argument(help="Version to make champion.")]
+    service: ServiceArg,
+    version: Annotated[str | None, typer.Argument(help="Version to make champion.")] = None,
+    if_better: Annotated[
+        bool,
+        typer.Option(
+            "--if-better",
+            help="Promote @challenger only if it wins, by the champion gate's rule, on the labelled "
+            "records both versions scored (shadow lines). Exit 0 promoted, 1 kept, 2 nothing to compare.",
+        ),
+    ] = False,
+    since: Annotated[
+        str | None, typer.Option(help="--if-better: only predictions from this date/time on (ISO 8601).")
+    ] = None,
 ) -> None:
-    """Move alias `champion` to VERSION by hand."""
+    """Move alias `champion` to VERSION by hand, or to @challenger with --if-better when it wins on
+    live labelled traffic (says why either way)."""
     from portfolio.core import registry
 
     settings = cli_settings()
     spec = service_spec(service)
     registry.configure(settings)
+    if if_better == (version is not None):
+        console.print("[red]give VERSION or --if-better (one of them)[/red]")
+        raise typer.Exit(2)
+    if version is None:
+        from portfolio.core.training.retrain import promote_if_better
+
+        decision = promote_if_better(spec, settings, since=parse_since(since))
+        print(json.dumps(decision.to_dict(), indent=2))
+        colour = "green" if decision.promoted else "yellow"
+        console.print(f"[{colour}]{spec.name}: {decision.reason}[/{colour}]")
+        raise typer.Exit(decision.code)
     try:
         mv = registry.promote(spec.name, version)
     except Exception as exc:

@@ -133,12 +133,22 @@ def with_retries(fn: Callable[[], T], settings: Settings, what: str, retries: in
 
 
 def champion_version(name: str) -> ModelVersion | None:
+    return alias_version(name, CHAMPION)
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to (None when the model or the alias does not exist)."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def delete_alias(name: str, alias: str) -> None:
+    """Remove an alias (e.g. ``challenger`` once it became the champion)."""
+    MlflowClient().delete_registered_model_alias(name, alias)
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:

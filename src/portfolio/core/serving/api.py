@@ -43,8 +43,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.holder.start()
+        if ctx.shadow is not None:
+            ctx.shadow.start()
         yield
         ctx.holder.stop()
+        if ctx.shadow is not None:
+            ctx.shadow.close()  # what was queued is scored and handed to the log first
         ctx.prediction_log.close()  # SIGTERM/SIGINT: everything answered is written and flushed
 
     app = FastAPI(title=f"{spec.title} API", description=spec.description, version="1", lifespan=lifespan)
@@ -52,6 +56,7 @@ def create_app(
     app.state.metrics = ctx.metrics
     app.state.monitor = ctx.monitor
     app.state.prediction_log = ctx.prediction_log
+    app.state.shadow = ctx.shadow
     if ctx.settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,

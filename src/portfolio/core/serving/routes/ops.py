@@ -59,6 +59,10 @@ def router(ctx: ServingContext) -> APIRouter:
             "metrics": {k: v for k, v in sorted(p.loaded.metrics.items()) if not math.isnan(v)},
             "outputs": p.output_columns,
             "input_schema": ctx.Record.model_json_schema(),
+            # PORTFOLIO_SHADOW: the @challenger version scored beside it (null: none loaded).
+            "shadow": None
+            if ctx.shadow is None
+            else {"challenger_version": ctx.shadow.holder.version, "error": ctx.shadow.holder.error},
         }
 
     @api.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
