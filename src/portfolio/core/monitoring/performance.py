@@ -412,17 +412,17 @@ class RealizedCollector:
         metric = GaugeMetricFamily(
             "portfolio_realized_metric",
             "Realized metric on labelled predictions (latest `portfolio performance`), value and 95% CI",
-            labels=["service", "model_version", "metric", "stat"],
+            labels=["model_service", "model_version", "metric", "stat"],
         )
         rows = GaugeMetricFamily(
             "portfolio_realized_rows",
             "Labelled predictions in the latest report",
-            labels=["service", "model_version"],
+            labels=["model_service", "model_version"],
         )
         bad = GaugeMetricFamily(
             "portfolio_realized_degraded",
             "1 when the latest report finds the version degraded (rule in the report)",
-            labels=["service", "model_version"],
+            labels=["model_service", "model_version"],
         )
         for version, v in ((report or {}).get("versions") or {}).items():
             rows.add_metric([self.service, version], v["rows"])

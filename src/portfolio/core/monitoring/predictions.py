@@ -91,7 +91,7 @@ class PredictionLog:
         self.records = Counter(
             "portfolio_prediction_log_records",
             "Scored records by what the prediction log did with them",
-            ["service", "outcome"],
+            ["model_service", "outcome"],
             registry=registry,
         )
         self._counters = {o: self.records.labels(service, o) for o in OUTCOMES}
