@@ -102,7 +102,7 @@ def test_shadow_lines_carry_the_challengers_outputs_and_answers_are_unchanged(
     assert np.allclose(got, [o["probability"] for o in v2], atol=1e-12)
     champion = np.array([served[i]["outputs"]["probability"] for i in ids])
     assert not np.allclose(got, champion)  # really another model
-    assert 'portfolio_shadow_records_total{outcome="scored",service="synthclf"} 60.0' in metrics
+    assert 'portfolio_shadow_records_total{model_service="synthclf",outcome="scored"} 60.0' in metrics
 
 
 def test_a_full_queue_drops_and_counts(pair: Settings, tmp_path: Path) -> None:
@@ -124,7 +124,9 @@ def test_a_full_queue_drops_and_counts(pair: Settings, tmp_path: Path) -> None:
 
     def count(outcome: str) -> float:
         return (
-            reg.get_sample_value("portfolio_shadow_records_total", {"service": SPEC.name, "outcome": outcome})
+            reg.get_sample_value(
+                "portfolio_shadow_records_total", {"model_service": SPEC.name, "outcome": outcome}
+            )
             or 0.0
         )
 

@@ -41,7 +41,6 @@ import orjson
 from portfolio.core.monitoring.feedback import read_labels
 from portfolio.core.monitoring.predictions import read_log
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import evaluation as ev
 
 LOWER_IS_BETTER = {"rmse", "mae", "brier", "interval_width"}
 
@@ -91,6 +90,8 @@ def realized_metrics(
     Returns:
         metric → {value, ci_low, ci_high}.
     """
+    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
+
     y = np.array([r["y"] for r in rows], dtype=float)
     metrics = spec.strategy.realized_metrics(spec, y, [r["outputs"] for r in rows], rounds, seed)
     return {_name(k): v for k, v in metrics.items()}
@@ -177,6 +178,8 @@ def compare_on_same_rows(
 def _paired_difference(
     spec: ServiceSpec, served: list[dict[str, Any]], shadow: list[dict[str, Any]], rounds: int, seed: int
 ) -> dict[str, float]:
+    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
+
     metric = spec.primary_metric
     y = np.array([r["y"] for r in served], dtype=float)
     diff, stratify = spec.strategy.metric_difference(
@@ -213,6 +216,8 @@ def _name(metric: str) -> str:
 def holdout_metrics(service: str, version: str) -> dict[str, dict[str, float]] | None:
     """The hold-out metrics a registered version's training run logged (None when unreachable)."""
     from mlflow.tracking import MlflowClient
+
+    from portfolio.core.training import evaluation as ev
 
     try:
         client = MlflowClient()
@@ -377,17 +382,17 @@ class RealizedCollector:
         metric = GaugeMetricFamily(
             "portfolio_realized_metric",
             "Realized metric on labelled predictions (latest `portfolio performance`), value and 95% CI",
-            labels=["service", "model_version", "metric", "stat"],
+            labels=["model_service", "model_version", "metric", "stat"],
         )
         rows = GaugeMetricFamily(
             "portfolio_realized_rows",
             "Labelled predictions in the latest report",
-            labels=["service", "model_version"],
+            labels=["model_service", "model_version"],
         )
         bad = GaugeMetricFamily(
             "portfolio_realized_degraded",
             "1 when the latest report finds the version degraded (rule in the report)",
-            labels=["service", "model_version"],
+            labels=["model_service", "model_version"],
         )
         for version, v in ((report or {}).get("versions") or {}).items():
             rows.add_metric([self.service, version], v["rows"])

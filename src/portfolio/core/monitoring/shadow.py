@@ -130,7 +130,7 @@ class ShadowScorer:
         self.records = Counter(
             "portfolio_shadow_records",
             "Answered records by what shadow scoring with the challenger did with them",
-            ["service", "outcome"],
+            ["model_service", "outcome"],
             registry=registry,
         )
         self._counters = {o: self.records.labels(spec.name, o) for o in OUTCOMES}
