@@ -32,7 +32,7 @@ def explain_record(
     X = typed_frame(pd.DataFrame([dict(record)]), spec.fields)
     try:
         exp = explain_frame(
-            spec.task, predictor.model, X, score=predictor.scores_frame, background=background
+            spec.strategy, predictor.model, X, score=predictor.scores_frame, background=background
         )
     except ValueError as exc:
         raise ReferenceUnavailable(f"cannot explain: {exc} ({why_none or 'no reference'})") from exc

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from portfolio.core import metrics as mx
 from portfolio.core.monitoring.feedback import read_labels
 from portfolio.core.monitoring.predictions import read_log
 from portfolio.core.spec import ServiceSpec
@@ -90,8 +91,6 @@ def realized_metrics(
     Returns:
         metric → {value, ci_low, ci_high}.
     """
-    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
-
     y = np.array([r["y"] for r in rows], dtype=float)
     metrics = spec.strategy.realized_metrics(spec, y, [r["outputs"] for r in rows], rounds, seed)
     return {_name(k): v for k, v in metrics.items()}
@@ -178,15 +177,13 @@ def compare_on_same_rows(
 def _paired_difference(
     spec: ServiceSpec, served: list[dict[str, Any]], shadow: list[dict[str, Any]], rounds: int, seed: int
 ) -> dict[str, float]:
-    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
-
     metric = spec.primary_metric
     y = np.array([r["y"] for r in served], dtype=float)
     diff, stratify = spec.strategy.metric_difference(
         spec, metric, y, [r["outputs"] for r in served], [r["outputs"] for r in shadow]
     )
     every = np.arange(len(y))
-    low, high = ev.bootstrap_intervals(diff, len(y), rounds, seed, stratify)["d"]
+    low, high = mx.bootstrap_intervals(diff, len(y), rounds, seed, stratify)["d"]
     return {"value": diff(every)["d"], "ci_low": low, "ci_high": high}
 
 
@@ -217,15 +214,13 @@ def holdout_metrics(service: str, version: str) -> dict[str, dict[str, float]] |
     """The hold-out metrics a registered version's training run logged (None when unreachable)."""
     from mlflow.tracking import MlflowClient
 
-    from portfolio.core.training import evaluation as ev
-
     try:
         client = MlflowClient()
         run_id = client.get_model_version(service, version).run_id
         flat = client.get_run(run_id).data.metrics if run_id else {}
     except Exception:
         return None
-    return {_name(k): v for k, v in ev.unflatten("test", flat).items()} or None
+    return {_name(k): v for k, v in mx.unflatten("test", flat).items()} or None
 
 
 def degraded(
