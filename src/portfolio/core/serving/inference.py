@@ -245,8 +245,13 @@ class ModelHolder:
         self._thread = threading.Thread(target=self._run, name=f"{self.spec.name}-loader", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the loader and wait for it (bounded): a load still under way would otherwise go on
+        after shutdown, and loading points MLflow's process-wide tracking URI at this holder's
+        store, under whatever else the process does next (another app, a training run)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         delay = max(self.settings.model_load_backoff_s, 0.1)
