@@ -102,6 +102,20 @@ class ServiceSpec:
     def primary_higher_is_better(self) -> bool:
         return self.strategy.higher_is_better
 
+    def prefers(self, new: float, current: float) -> bool:
+        """The rule of the champion gate, of the candidate selection and of the shadow comparison
+        (``portfolio promote --if-better``): ``new`` is not worse than ``current`` on the primary
+        metric (ties go to ``new``).
+
+        Args:
+            new: The new model's (challenger's, candidate's) primary metric.
+            current: The current one's (champion's, best so far), on the same rows or folds.
+
+        Returns:
+            True when ``new`` should replace ``current``.
+        """
+        return new >= current if self.primary_higher_is_better else new <= current
+
     @property
     def strategy(self) -> Task:
         """What this service's task (``task``) does differently: ``portfolio.core.tasks``."""

@@ -129,7 +129,7 @@ def compare_on_same_rows(
     """Champion and challenger on the same labelled records: both versions' metrics with 95%
     bootstrap intervals, the paired difference of the primary metric (challenger - champion, one
     resample of the rows for both) and the champion gate's verdict on these rows
-    (``train.gate_prefers``: the challenger's primary metric is not worse).
+    (``ServiceSpec.prefers``: the challenger's primary metric is not worse).
 
     Args:
         spec: The service.
@@ -141,8 +141,6 @@ def compare_on_same_rows(
         The comparison: versions, ``rows``, ``champion``/``challenger`` metrics, ``difference``,
         ``challenger_wins`` and ``reason``.
     """
-    from portfolio.core.training.train import gate_prefers
-
     served = [s for s, _ in pairs]
     shadow = [c for _, c in pairs]
     champion = realized_metrics(spec, served, rounds, seed)
@@ -165,7 +163,7 @@ def compare_on_same_rows(
             "challenger_wins": False,
             "reason": f"{metric} cannot be computed on these {len(pairs)} rows (one class only?)",
         }
-    wins = gate_prefers(spec, b, a)
+    wins = spec.prefers(b, a)
     word = "not worse than" if wins else "worse than"
     return result | {
         "challenger_wins": wins,

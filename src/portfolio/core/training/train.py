@@ -109,26 +109,6 @@ def cross_validate(
     return CandidateResult(name, oof, fold_scores)
 
 
-def _better(spec: ServiceSpec, a: float, b: float) -> bool:
-    """Is score ``a`` at least as good as ``b`` on the primary metric?"""
-    return a >= b if spec.primary_higher_is_better else a <= b
-
-
-def gate_prefers(spec: ServiceSpec, new: float, current: float) -> bool:
-    """The champion gate's rule, for other callers (``portfolio promote --if-better``): the new
-    model's primary metric is not worse than the current champion's on the same rows.
-
-    Args:
-        spec: The service (its primary metric's direction).
-        new: The new model's (challenger's) primary metric.
-        current: The champion's, on the same rows.
-
-    Returns:
-        True when the new model should become the champion.
-    """
-    return _better(spec, new, current)
-
-
 def _git_commit(settings: Settings) -> str:
     try:
         out = subprocess.run(
@@ -332,7 +312,7 @@ def select_candidate(
             results[name] = res
     best = results[next(iter(results))]
     for res in results.values():
-        if not _better(spec, best.primary, res.primary):
+        if not spec.prefers(best.primary, res.primary):
             best = res
     return results, best
 
@@ -582,7 +562,7 @@ def champion_gate(
                 else "it may have been trained on some of these hold-out rows"
             )
             note += f"; its training run used a different {', '.join(differs)}: {why}"
-    if champ_score is None or _better(spec, new_score, champ_score):
+    if champ_score is None or spec.prefers(new_score, champ_score):
         registry.set_alias(spec.name, registry.CHAMPION, new_version)
         return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion ({note})"}
     registry.set_alias(spec.name, registry.CHALLENGER, new_version)
