@@ -22,7 +22,7 @@ from tests.deploy.infra import PRODUCTION_ENV, read_env_file
 from tests.images.conftest import report
 from tests.images.engine import Engine, crash
 from tests.images.stack import Stack, cleanup, compose_stack, third_party_image, wait_for
-from tests.images.test_images import post_raw
+from tests.support.clients import over_limit_body, post_http_client, post_urllib
 
 pytestmark = pytest.mark.integration
 NGINX = "nginxinc/nginx-unprivileged:1.27-alpine"
@@ -133,16 +133,18 @@ def test_default_stack_serves_through_the_gateway(default_stack: Stack) -> None:
     check_through_gateway(default_stack)
 
 
-def test_gateway_gives_http_client_a_readable_413(default_stack: Stack) -> None:
+def test_gateway_gives_clients_that_write_first_a_readable_413(default_stack: Stack) -> None:
     name = next(iter(SERVICES))
-    big = b'{"records": [' + b" " * 3_000_000 + b"]}"
-    status, body = post_raw(default_stack.gateway, f"/{name}/predict/batch", big)
-    assert status == 413
-    assert json.loads(body)["detail"][0]["field"] == "body"
+    # Over the gateway's own limit (2m): nginx's 413, read by clients still writing 32 MiB.
+    for post in (post_urllib, post_http_client):
+        status, body = post(default_stack.gateway, f"/{name}/predict/batch", over_limit_body())
+        assert status == 413, (post.__name__, body[:200])
+        assert json.loads(body)["detail"][0]["field"] == "body"
     # Just over the API's own limit but under the gateway's: the API's 413, relayed.
-    over_api = b'{"records": [' + b" " * 2_050_000 + b"]}"
-    status, body = post_raw(default_stack.gateway, f"/{name}/predict/batch", over_api)
-    assert status == 413 and json.loads(body)["detail"][0]["reason"].startswith("request body larger than")
+    for post in (post_urllib, post_http_client):
+        status, body = post(default_stack.gateway, f"/{name}/predict/batch", over_limit_body(2_050_000))
+        assert status == 413, (post.__name__, body[:200])
+        assert json.loads(body)["detail"][0]["reason"].startswith("request body larger than")
 
 
 def test_killed_api_container_comes_back_through_the_gateway(default_stack: Stack) -> None:
