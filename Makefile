@@ -42,14 +42,14 @@ typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy
 
 unit: install ## pytest only
-	$(BIN)/pytest --ignore=tests/images
+	$(BIN)/pytest
 
-# tests/images (build and run the images and the compose stack) is not in `make test` yet: it has
-# not passed end to end on the merged code; `make test-images` runs it.
-test: install lint typecheck ## lint + types + the test suite (without tests/images)
-	$(BIN)/pytest --ignore=tests/images
+# The suite includes tests/images: it builds every role's image (Docker, started when not running;
+# the base image and the builds' layers stay cached for the next run) and runs them and the stack.
+test: install lint typecheck ## lint + types + the test suite (with the images and the compose stack)
+	$(BIN)/pytest
 
-test-images: install ## Build the images, run every role and the compose stack (Docker; not in make test yet)
+test-images: install ## Only the image and compose-stack tests (tests/images)
 	$(BIN)/pytest tests/images
 
 CV_REPEATS ?= 3
