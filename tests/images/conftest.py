@@ -18,6 +18,7 @@ from portfolio.core.processes import free_port
 from portfolio.services import SERVICES
 from tests.images.engine import (
     LABEL,
+    OFFICIAL_BASE,
     Container,
     Engine,
     ensure_base,
@@ -46,14 +47,17 @@ def report(config: pytest.Config, line: str) -> None:
         reporter.write_line(line)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """The Docker engine with the base image in place; what it started is removed at the end."""
     require(os.geteuid() == 0, "the image tests start dockerd, which needs root")
     eng = start_engine()
     try:
         eng.base, eng.base_kind = ensure_base(eng)
-        report(request.config, f"[images] base image: {eng.base} ({eng.base_kind})")
+        why = (
+            "" if eng.base == OFFICIAL_BASE else f", made with debootstrap: {OFFICIAL_BASE} cannot be pulled"
+        )
+        report(request.config, f"[images] base image: {eng.base} ({eng.base_kind}{why})")
         yield eng
     finally:
         ids = eng("ps", "-aq", "--filter", f"label={LABEL}", check=False).stdout.split()
@@ -70,9 +74,9 @@ def roles() -> list[str]:
     return [*SERVICES, "dashboard", "mlflow"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def images(engine: Engine, request: pytest.FixtureRequest) -> dict[str, str]:
-    """Every role's image, built once per session (layers cached across roles and sessions)."""
+    """Every role's image, built once per run (layers cached across roles and sessions)."""
     from tests.images.engine import build
 
     # The first build makes the layers every role shares (the venvs); the others only add their
@@ -99,7 +103,7 @@ class Deployment:
     cold_start_s: dict[str, float]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def deployment(engine: Engine, images: dict[str, str], request: pytest.FixtureRequest) -> Deployment:
     """MLflow from its image; every service trained through the API image (`portfolio train all`
     in a container, reduced CV/bootstrap); then every API and the dashboard, each ready."""
