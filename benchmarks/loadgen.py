@@ -3,21 +3,26 @@ processes and HTTP load from `wrk` (Debian package, installed when missing)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 
 from portfolio.core import registry
 from portfolio.core.data import read_raw_csv
-from portfolio.core.processes import bin_path, free_port, start, wait_all_workers_ready
+from portfolio.core.processes import bin_path, free_port, start, wait_all_workers_ready, wait_http
 from portfolio.core.schema import validate_frame
 from portfolio.core.settings import Settings
 from portfolio.services import SERVICES
@@ -77,6 +82,55 @@ def serve_api(
     base = f"http://127.0.0.1:{port}"
     wait_all_workers_ready(base, timeout=240, proc=proc, in_a_row=20 if workers > 1 else 1)
     return proc, base
+
+
+def serve_floor(settings: Settings) -> tuple[subprocess.Popen[bytes], str]:
+    """The floor (benchmarks/floor.py: bare FastAPI, msgspec decode, constant answer), started as
+    the services are: uvicorn, one worker, no access log."""
+    port = free_port()
+    proc = start(
+        [bin_path("uvicorn"), "floor:app", "--app-dir", os.path.dirname(os.path.abspath(__file__)),
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--no-access-log",
+         "--log-level", "warning"],
+        log_file=settings.resolved_state_dir / "bench-floor.log",
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    wait_http(f"{base}/ready", timeout=60, proc=proc)
+    return proc, base
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a server process and any children (uvicorn workers): `make soak` and
+    `make bench` measure it this way."""
+    proc = psutil.Process(pid)
+    total = proc.memory_info().rss
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += child.memory_info().rss
+    return int(total)
+
+
+class RssSampler(threading.Thread):
+    """Samples a server's resident memory (``rss_bytes``) every ``every_s`` until ``done`` is set;
+    ``window_mb`` is the median of the first or last ``seconds`` of samples."""
+
+    def __init__(self, pid: int, every_s: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.every_s = every_s
+        self.samples: list[tuple[float, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.done.is_set():
+            self.samples.append((time.monotonic() - start, rss_bytes(self.pid)))
+            self.done.wait(self.every_s)
+
+    def window_mb(self, first: bool, seconds: float) -> float:
+        end = self.samples[-1][0]
+        picked = [rss for t, rss in self.samples if (t <= seconds if first else t >= end - seconds)]
+        return statistics.median(picked) / 1e6
 
 
 def run_wrk(

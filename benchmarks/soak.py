@@ -11,15 +11,10 @@ SOAK_SERVICES (comma-separated) picks services. Champions come from the configur
 
 from __future__ import annotations
 
-import contextlib
 import os
-import statistics
 import sys
-import threading
-import time
 
-import psutil
-from loadgen import ensure_champions, ensure_wrk, run_wrk, sample_records, serve_api
+from loadgen import RssSampler, ensure_champions, ensure_wrk, run_wrk, sample_records, serve_api
 
 from portfolio.core import registry
 from portfolio.core.processes import stop
@@ -31,35 +26,6 @@ CONNECTIONS = int(os.environ.get("SOAK_CONNECTIONS", "32"))
 NAMES = [n for n in os.environ.get("SOAK_SERVICES", ",".join(SERVICES)).split(",") if n]
 WARMUP_S = 5
 MAX_GROWTH = 0.10
-
-
-def rss_bytes(proc: psutil.Process) -> int:
-    """Resident memory of the server process and any children (uvicorn workers)."""
-    total = proc.memory_info().rss
-    for child in proc.children(recursive=True):
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += child.memory_info().rss
-    return int(total)
-
-
-class RssSampler(threading.Thread):
-    def __init__(self, pid: int, every_s: float = 0.5):
-        super().__init__(daemon=True)
-        self.proc = psutil.Process(pid)
-        self.every_s = every_s
-        self.samples: list[tuple[float, int]] = []
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        while not self.done.is_set():
-            self.samples.append((time.monotonic() - start, rss_bytes(self.proc)))
-            self.done.wait(self.every_s)
-
-    def window_mb(self, first: bool, seconds: float) -> float:
-        end = self.samples[-1][0]
-        picked = [rss for t, rss in self.samples if (t <= seconds if first else t >= end - seconds)]
-        return statistics.median(picked) / 1e6
 
 
 def soak(name: str) -> dict[str, float | str]:

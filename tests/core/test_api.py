@@ -120,10 +120,10 @@ def test_metrics_count_requests_predictions_and_version(client: TestClient) -> N
     assert client.post("/predict/batch", json={"records": [GOOD] * 4}).status_code == 200
     text = client.get("/metrics").text
     assert _predictions_counted(text) == before + 5  # every record of a batch counts
-    assert 'portfolio_requests_total{endpoint="/predict",service="synthclf",status="200"}' in text
-    assert "portfolio_request_latency_seconds_bucket" in text
+    assert 'portfolio_requests_total{handler="/predict",model_service="synthclf",status="200"}' in text
+    assert 'portfolio_request_duration_seconds_bucket{handler="/predict",le="0.0005",model_service=' in text
     assert "portfolio_predictions_total{label=" in text
-    assert 'portfolio_model_version{service="synthclf"} 1.0' in text
+    assert 'portfolio_model_info{inference="compiled",model_service="synthclf",model_version="1"} 1.0' in text
 
 
 def test_openapi_documents_the_request_bodies(client: TestClient) -> None:

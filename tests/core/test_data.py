@@ -85,3 +85,17 @@ def test_missing_file_and_missing_target_are_clear_errors(tmp_path: Path) -> Non
     assert raw_path(synthetic.CLASSIFIER, settings) == tmp_path / "synth.csv"
     with pytest.raises(DataUnavailableError, match=r"synth\.csv has no target column 'label'"):
         load_training_data(synthetic.CLASSIFIER, settings)
+
+
+def test_importing_the_schema_leaves_the_spark_environment_alone() -> None:
+    """pandera sets SPARK_LOCAL_IP=127.0.0.1 on import; a cluster driver started later in the same
+    process (``portfolio predict --engine spark`` under spark-submit) must not inherit it."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, portfolio.core.schema; print(os.environ.get('SPARK_LOCAL_IP'))"
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "None"

@@ -226,11 +226,11 @@ def test_realized_metrics_equal_those_of_the_apis_answers(
     assert (out.with_suffix(".html")).read_text().count("Realized performance") >= 1
     # The API serves the latest report at /metrics (written by `performance` while it ran).
     version = report["model_version"]
-    wanted = f'metric="roc_auc",model_version="{version}",service="bankchurn",stat="value"'
+    wanted = f'metric="roc_auc",model_service="bankchurn",model_version="{version}",stat="value"'
     line = "portfolio_realized_metric{" + wanted + "}"
     served = next(s for s in scrape.splitlines() if s.startswith(line))
     assert float(served.split()[-1]) == pytest.approx(m["roc_auc"]["value"])
-    assert f'portfolio_realized_rows{{model_version="{version}",service="bankchurn"}} 400.0' in scrape
+    assert f'portfolio_realized_rows{{model_service="bankchurn",model_version="{version}"}} 400.0' in scrape
 
 
 @pytest.fixture

@@ -1,18 +1,15 @@
 """Drift monitoring on the real data: the batch report (`portfolio drift`), the reference stored
-with the model, the API's rolling window and drift gauges, and the Prometheus alert rules."""
+with the model, the API's rolling window and its drift gauges (their alert rules: test_prometheus.py)."""
 
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from fastapi.testclient import TestClient
 from mlflow.tracking import MlflowClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -35,10 +32,6 @@ from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 from portfolio.services import SERVICES
 from tests.conftest import make_settings
-from tests.support.helpers import ROOT, ensure_apt
-
-ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
-
 
 # ------------------------------------------------------------------------------------- helpers
 _DATA: dict[str, pd.DataFrame] = {}
@@ -301,7 +294,7 @@ def test_metrics_expose_drift_and_prediction_gauges(bank_client: TestClient, dat
         assert bank_client.post("/predict/batch", json={"records": _records(chunk)}).status_code == 200
     assert monitor.evaluations == before  # predictions never compute drift
     g = _gauges(bank_client.get("/metrics").text)
-    svc = ("service", "bankchurn")
+    svc = ("model_service", "bankchurn")
     assert g[("portfolio_drift_window_rows", (svc,))] == 300
     assert g[("portfolio_drift_reference_loaded", (svc,))] == 1
     assert g[("portfolio_drift_detected", (svc,))] == 0
@@ -322,87 +315,3 @@ def test_metrics_expose_drift_and_prediction_gauges(bank_client: TestClient, dat
     assert g[("portfolio_drift_detected", (svc,))] == 1
     rate = g[("portfolio_prediction_positive_rate", (svc,))]
     assert rate > g[("portfolio_prediction_reference_positive_rate", (svc,))]
-
-
-# ----------------------------------------------------------------------------------- alerting
-def test_alert_rules_pass_promtool() -> None:
-    promtool = ensure_apt("promtool", "prometheus")
-    r = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "SUCCESS: 6 rules found" in r.stdout
-
-
-def annotations(alertname: str, labels: dict[str, str]) -> dict[str, str]:
-    """The rule's annotations with its ``{{ $labels.x }}`` templates filled in."""
-    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
-    rule = next(r for r in rules if r["alert"] == alertname)
-    template = re.compile(r"\{\{\s*\$labels\.(\w+)\s*\}\}")
-    return {k: template.sub(lambda m: labels[m.group(1)], v) for k, v in rule["annotations"].items()}
-
-
-def test_alert_rules_fire_on_drift_errors_and_latency(tmp_path: Path) -> None:
-    """`promtool test rules`: synthetic series in, the expected alerts (and no others) out."""
-    promtool = ensure_apt("promtool", "prometheus")
-    s = 'service="bankchurn"'
-    series = [
-        (f'portfolio_feature_drifted{{{s},feature="Age"}}', "0 0 1x40"),
-        (f'portfolio_feature_drifted{{{s},feature="Gender"}}', "0x42"),
-        (f'portfolio_requests_total{{{s},endpoint="/predict",status="200"}}', "0+100x42"),
-        (f'portfolio_requests_total{{{s},endpoint="/predict",status="500"}}', "0+20x42"),
-        (f'portfolio_requests_total{{{s},endpoint="/health",status="200"}}', "0+1000x42"),
-        (f"portfolio_model_ready{{{s}}}", "1x42"),
-        (f"portfolio_drift_reference_loaded{{{s}}}", "1x42"),
-        (f"portfolio_drift_window_rows{{{s}}}", "1000x42"),
-        (f"portfolio_prediction_drift_psi{{{s}}}", "0.05x42"),
-    ]
-    for le, per_min in (("0.1", 0), ("0.25", 0), ("0.5", 10), ("1.0", 100), ("+Inf", 100)):
-        series.append(
-            (
-                f'portfolio_request_latency_seconds_bucket{{{s},endpoint="/predict",le="{le}"}}',
-                f"0+{per_min}x42",
-            )
-        )
-    alert = {
-        "FeatureDrift": {"severity": "warning", "service": "bankchurn", "feature": "Age"},
-        "HighErrorRate": {"severity": "critical", "service": "bankchurn"},
-        "HighPredictionLatency": {"severity": "warning", "service": "bankchurn"},
-    }
-    tests = [
-        {"eval_time": "10m", "alertname": "FeatureDrift", "exp_alerts": []},  # pending (for: 15m)
-        {"eval_time": "30m", "alertname": "ModelNotReady", "exp_alerts": []},
-        {"eval_time": "30m", "alertname": "PredictionDistributionShift", "exp_alerts": []},
-        {"eval_time": "30m", "alertname": "DriftReferenceMissing", "exp_alerts": []},
-    ] + [
-        {
-            "eval_time": "30m",
-            "alertname": name,
-            "exp_alerts": [{"exp_labels": labels, "exp_annotations": annotations(name, labels)}],
-        }
-        for name, labels in alert.items()
-    ]
-    spec = {
-        "rule_files": [str(ALERTS)],
-        "evaluation_interval": "1m",
-        "tests": [
-            {
-                "interval": "1m",
-                "input_series": [{"series": k, "values": v} for k, v in series],
-                "alert_rule_test": tests,
-            }
-        ],
-    }
-    path = tmp_path / "alerts_test.yml"
-    path.write_text(json.dumps(spec))  # JSON is YAML
-    r = subprocess.run([promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stdout + r.stderr
-
-
-def test_alert_rules_only_use_metrics_the_api_exposes(bank_client: TestClient) -> None:
-    bank_client.post("/predict", json=_records(pd.DataFrame([{f.name: f.example for f in BANK.fields}]))[0])
-    exposed = {
-        s.name
-        for fam in text_string_to_metric_families(bank_client.get("/metrics").text)
-        for s in fam.samples
-    }
-    used = set(re.findall(r"\bportfolio_[a-z_]+\b", ALERTS.read_text().split("groups:", 1)[1]))
-    assert used and used <= exposed, used - exposed

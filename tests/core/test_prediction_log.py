@@ -33,7 +33,7 @@ BANK_RECORD: dict[str, Any] = {f.name: f.example for f in BANK.fields}
 
 def _counter(registry: CollectorRegistry, outcome: str) -> float:
     value = registry.get_sample_value(
-        "portfolio_prediction_log_records_total", {"service": "svc", "outcome": outcome}
+        "portfolio_prediction_log_records_total", {"model_service": "svc", "outcome": outcome}
     )
     return value or 0.0
 

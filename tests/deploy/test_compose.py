@@ -98,7 +98,7 @@ def test_every_service_of_the_platform_runs_with_its_role() -> None:
     assert 'role="${PORTFOLIO_SERVICE:-}"' in ENTRYPOINT.read_text()  # what the image's entrypoint reads
 
 
-@pytest.mark.parametrize("profiles", [(), ("production",), ("train",)])
+@pytest.mark.parametrize("profiles", [(), ("production",), ("train",), ("retrain",)])
 def test_every_long_running_service_has_a_health_check(profiles: tuple[str, ...]) -> None:
     config = PRODUCTION if "production" in profiles else DEFAULT
     for name, svc in services(config, profiles).items():
@@ -138,9 +138,39 @@ def test_app_environment_is_exactly_settings_the_code_reads() -> None:
         assert set(env) <= known, f"{name}: not a setting: {set(env) - known}"
         settings = settings_from_env(env)  # values parse (types, bounds)
         assert settings.mlflow_tracking_uri == env["MLFLOW_TRACKING_URI"]
-    # The train job too.
-    train = env_map(DEFAULT["services"]["train"]["environment"])
-    assert set(train) <= known
+    # The one-shot jobs too.
+    for job in ("train", "retrain"):
+        env = env_map(DEFAULT["services"][job]["environment"])
+        assert set(env) <= known, f"{job}: not a setting: {set(env) - known}"
+        settings_from_env(env)
+
+
+def test_retrain_job_reads_what_the_apis_log() -> None:
+    """The one-shot `retrain` runs `portfolio retrain`, on the volume the APIs write their
+    prediction log to and the raw data the train job reads."""
+    from portfolio.core.training.retrain import WHEN
+
+    svcs = DEFAULT["services"]
+    job = svcs["retrain"]
+    assert is_one_shot(job) and job["profiles"] == ["retrain"]
+    command = job["command"]
+    assert command[:2] == ["portfolio", "retrain"] and command[2] in ("all", *SERVICES)
+    assert command[3] == "--when" and command[4] in WHEN
+    assert (
+        "./data/raw:/app/data/raw:ro" in job["volumes"]
+        and "./data/raw:/app/data/raw:ro" in svcs["train"]["volumes"]
+    )
+
+    def log_mount(svc: dict[str, Any]) -> str:
+        log_dir = settings_from_env(env_map(svc["environment"])).prediction_log_dir
+        (mount,) = [v for v in svc["volumes"] if str(log_dir).startswith(v.split(":")[1])]
+        return str(mount)
+
+    mount = log_mount(job)
+    assert mount.split(":")[0] in DEFAULT["volumes"]  # a named volume, shared
+    for api in DEPLOYED_SERVICES:
+        assert log_mount(svcs[api]) == mount
+        assert settings_from_env(env_map(svcs[api]["environment"])).shadow is True
 
 
 def test_ports_and_addresses_agree_across_services() -> None:

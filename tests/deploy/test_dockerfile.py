@@ -153,6 +153,6 @@ def test_dockerignore_keeps_data_state_and_secrets_out_but_the_build_inputs_in()
         if "from" not in ins.flags
         for src in ins.args.split()[:-1]
     ]
-    needed += ["src/portfolio/cli.py", "src/portfolio/core/serving/api.py", "src/portfolio/py.typed"]
+    needed += ["src/portfolio/cli/__init__.py", "src/portfolio/core/serving/api.py", "src/portfolio/py.typed"]
     for path in needed:
         assert not dockerignore_excludes(patterns, path), f"{path} is needed by the build but ignored"

@@ -147,8 +147,8 @@ def test_predicts_through_the_gateway_for_every_service(
         # /metrics (what Prometheus scrapes) is valid exposition text counting this service.
         text = httpx.get(f"{base}/metrics").text
         families = {f.name: f for f in text_string_to_metric_families(text)}
-        predicted = [s for s in families["portfolio_requests"].samples if s.labels["endpoint"] == "/predict"]
-        assert predicted and all(s.labels["service"] == name for s in predicted)
+        predicted = [s for s in families["portfolio_requests"].samples if s.labels["handler"] == "/predict"]
+        assert predicted and all(s.labels["model_service"] == name for s in predicted)
     require_all_services(trained)
 
 

@@ -282,3 +282,83 @@ def test_no_secret_literals_and_pinned_images(rendered: tuple[str, list[dict[str
                     assert COMMIT_SHA.fullmatch(tag), f"{image}: tag is not a commit SHA"
                 else:
                     assert tag != "latest" and re.search(r"\d", tag), f"{image}: tag is not a version"
+
+
+def pod_of(doc: dict[str, Any]) -> dict[str, Any]:
+    """The pod spec of a workload or a CronJob."""
+    if doc["kind"] == "CronJob":
+        return dict(doc["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    return dict(doc["spec"]["template"]["spec"])
+
+
+def test_each_service_has_a_retrain_cronjob(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """`portfolio retrain SERVICE --when …` nightly, one run at a time, the API's image and
+    settings, as locked down as the APIs (no probes: it is a job)."""
+    from portfolio.cli.closed_loop import When
+    from portfolio.core.training.retrain import WHEN
+
+    assert {w.value for w in When} == set(WHEN)  # what the command accepts is what the core reads
+    _, docs = rendered
+    jobs, deployments = by_kind(docs, "CronJob"), by_kind(docs, "Deployment")
+    assert set(jobs) == {f"{name}-retrain" for name in DEPLOYED_SERVICES}
+    for name in DEPLOYED_SERVICES:
+        job = jobs[f"{name}-retrain"]
+        assert job["spec"]["concurrencyPolicy"] == "Forbid"
+        assert len(job["spec"]["schedule"].split()) == 5
+        pod = pod_of(job)
+        assert pod["restartPolicy"] == "Never" and pod.get("automountServiceAccountToken") is False
+        assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
+        (c,) = pod["containers"]
+        api = deployments[f"{name}-api"]["spec"]["template"]["spec"]["containers"][0]
+        assert c["image"] == api["image"] and c["envFrom"] == api["envFrom"]
+        env = container_env(docs, c)
+        assert env["PORTFOLIO_SERVICE"] == name
+        # Kubernetes expands $(PORTFOLIO_SERVICE) in args; the entrypoint runs the command as given.
+        args = [env["PORTFOLIO_SERVICE"] if a == "$(PORTFOLIO_SERVICE)" else a for a in c["args"]]
+        assert args[:3] == ["portfolio", "retrain", name]
+        assert args[3] == "--when" and args[4] in WHEN
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"]["drop"] == ["ALL"]
+        res = c["resources"]
+        assert {"cpu", "memory"} <= set(res["requests"]) and {"cpu", "memory"} <= set(res["limits"])
+
+
+def test_prediction_log_and_training_data_volumes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """The APIs write the prediction log where the settings say, on the shared claim the retrain
+    jobs read; the jobs read the training data where training looks for it."""
+    overlay, docs = rendered
+    app = config_map(docs, "portfolio-config")
+    settings = settings_from_env(app | {"PORTFOLIO_HOME": "/app"})  # the image's home (Dockerfile)
+    log_dir = str(settings.prediction_log_dir)
+    assert settings.shadow is True and settings.prediction_log_retention_days > 0
+    pvcs = by_kind(docs, "PersistentVolumeClaim")
+    pods = [d for d in docs if d["kind"] in (*WORKLOAD_KINDS, "CronJob")]
+    for doc in pods:  # every claim a pod names exists
+        for volume in pod_of(doc).get("volumes", []):
+            claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+            assert claim is None or claim in pvcs, f"{doc['metadata']['name']}: missing claim {claim}"
+
+    def mounts(doc: dict[str, Any]) -> dict[str, str]:
+        pod = pod_of(doc)
+        claims = {
+            v["name"]: v["persistentVolumeClaim"]["claimName"]
+            for v in pod["volumes"]
+            if "persistentVolumeClaim" in v
+        }
+        return {
+            claims[m["name"]]: m["mountPath"]
+            for m in pod["containers"][0]["volumeMounts"]
+            if m["name"] in claims
+        }
+
+    writers = [by_kind(docs, "Deployment")[f"{n}-api"] for n in DEPLOYED_SERVICES]
+    readers = [by_kind(docs, "CronJob")[f"{n}-retrain"] for n in DEPLOYED_SERVICES]
+    for doc in writers + readers:
+        assert mounts(doc)["prediction-log"] == log_dir, doc["metadata"]["name"]
+    for doc in readers:
+        assert mounts(doc)["training-data"] == str(settings.resolved_data_dir)
+    # Replicas on several nodes share the claim in production; the local cluster has one node.
+    modes = {name: pvcs[name]["spec"]["accessModes"] for name in ("prediction-log", "training-data")}
+    expected = ["ReadWriteOnce"] if overlay == "local" else ["ReadWriteMany"]
+    assert modes == {"prediction-log": expected, "training-data": expected}

@@ -1,6 +1,7 @@
 """Every service's registered model as MLflow's own consumers use it, against `portfolio predict`:
 - ``mlflow.pyfunc.load_model(...).predict`` in a clean virtualenv holding only the model's declared
-  requirements (never this project's package), on real rows and on invalid ones;
+  requirements (never this project's package), on real rows and on invalid ones, and
+  ``mlflow.pyfunc.spark_udf`` on local[2] in that same environment (plus pyspark);
 - ``mlflow models serve -m models:/NAME@champion --env-manager local`` against ``/predict/batch``;
 - ``portfolio predict ... --engine spark`` (``spark_udf`` on local[2]) on 10,000 rows, CSV and
   Parquet."""
@@ -123,6 +124,28 @@ except MlflowException as exc:
 print(json.dumps({"portfolio": portfolio.__file__, "refusal": refusal}))
 """
 
+# The same model through ``spark_udf`` on local[2], in the same clean environment (plus pyspark,
+# the consumer's engine, not the model's requirement). The result type comes from the model's own
+# output signature: text stays text, numbers travel as double (MLflow casts with numpy, which has
+# no missing integer for an invalid row's empty prediction).
+SPARK_CONSUMER = """
+import sys
+import mlflow, pandas as pd
+from pyspark.sql import SparkSession, functions as F
+uri, rows, out = sys.argv[1:4]
+spark = (SparkSession.builder.master("local[2]").appName("consumer")
+         .config("spark.driver.bindAddress", "127.0.0.1").config("spark.driver.host", "127.0.0.1")
+         .config("spark.ui.enabled", "false").getOrCreate())
+kinds = {c.name: c.type.name for c in mlflow.models.get_model_info(uri).signature.outputs.inputs}
+result_type = ", ".join(f"`{n}` {'string' if k == 'string' else 'double'}" for n, k in kinds.items())
+udf = mlflow.pyfunc.spark_udf(spark, uri, result_type=result_type, env_manager="local")
+frame = pd.read_csv(rows, keep_default_na=False, na_values=[""])
+df = spark.createDataFrame(frame)
+scored = df.select(udf(F.struct(*[F.col(f"`{c}`") for c in frame.columns])).alias("o")).select("o.*")
+scored.toPandas().to_parquet(out)
+spark.stop()
+"""
+
 
 def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path: Path) -> None:
     import mlflow
@@ -200,6 +223,65 @@ def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path
     assert errors.notna().all() and (errors.str.len() > 0).all()
     assert actual[actual.columns[0]].tail(len(sample) - 2000).isna().all()
     assert actual["error"].head(2000).isna().sum() == valid.head(2000).sum()
+
+    # spark_udf in the same environment, on the same rows, against the pyfunc (equal to the CLI).
+    version = {r.split("==")[0].lower(): r.split("==")[1] for r in requirements}
+    engine = [f"pyspark=={_locked('pyspark')}"]
+    if "pyarrow" not in version:  # Spark's pandas UDFs move batches as Arrow
+        engine.append(f"pyarrow=={_locked('pyarrow')}")
+    done = subprocess.run(
+        [uv, "pip", "install", "-q", "--python", str(python), *engine],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    require(done.returncode == 0, f"installing pyspark into the consumer failed: {done.stderr[-2000:]}")
+    require(
+        subprocess.run(["java", "-version"], capture_output=True).returncode == 0, "java is not installed"
+    )
+    spark_script, spark_out = tmp_path / "spark_consumer.py", tmp_path / "spark.parquet"
+    spark_script.write_text(SPARK_CONSUMER)
+    spark_env = {**env, "PYSPARK_PYTHON": str(python), "PYSPARK_DRIVER_PYTHON": str(python)}
+    spark_env["JAVA_HOME"] = os.environ.get("JAVA_HOME", "")
+    if not spark_env["JAVA_HOME"]:
+        del spark_env["JAVA_HOME"]
+    done = subprocess.run(
+        [str(python), str(spark_script), uri, str(rows), str(spark_out)],
+        env=spark_env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    _assert_same_as_spark(actual, pd.read_parquet(spark_out))
+
+
+def _locked(name: str) -> str:
+    """The version of ``name`` pinned in the project's lock."""
+    for line in (ROOT / "requirements.lock").read_text().splitlines():
+        if line.lower().startswith(f"{name}=="):
+            return line.split("==")[1].split()[0]
+    raise AssertionError(f"{name} is not in requirements.lock")
+
+
+def _assert_same_as_spark(pyfunc: pd.DataFrame, spark: pd.DataFrame) -> None:
+    """Spark's struct result (text and double, "None" for a missing text) against the pyfunc's."""
+    assert list(spark.columns) == list(pyfunc.columns)
+    assert len(spark) == len(pyfunc)
+    for col in pyfunc.columns:
+        want = pyfunc[col]
+        got = spark[col]
+        if not pd.api.types.is_numeric_dtype(got):  # the result type: text, or double
+            w = [None if pd.isna(v) else str(v) for v in want]
+            g = [None if pd.isna(v) or v == "None" else v for v in got]
+        else:
+            w = [None if pd.isna(v) else float(v) for v in want]
+            g = [None if pd.isna(v) else float(v) for v in got]
+        diff = [i for i, (a, b) in enumerate(zip(w, g, strict=True)) if a != b]
+        assert not diff, f"{col}: {len(diff)} rows differ, first {diff[:3]}: " + str(
+            [(w[i], g[i]) for i in diff[:3]]
+        )
 
 
 def _records(spec: ServiceSpec, frame: pd.DataFrame) -> list[dict[str, Any]]:

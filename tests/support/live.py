@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from subprocess import Popen
+from typing import TypeVar
 
 import pytest
 
@@ -40,7 +41,9 @@ def state_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 @dataclass
-class LiveAPI:
+class LiveProcess:
+    """A server started for a test: its base URL, process and log file."""
+
     url: str
     proc: Popen[bytes]
     log: Path
@@ -49,26 +52,45 @@ class LiveAPI:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
 
+LiveAPI = LiveProcess
+
+P = TypeVar("P", bound=LiveProcess)
+
+
+@contextmanager
+def running(
+    kind: type[P],
+    what: str,
+    argv: list[str],
+    url: str,
+    ready: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    cwd: Path = ROOT,
+    timeout: float = 180,
+) -> Iterator[P]:
+    """``argv`` as a ``kind`` server at ``url`` once ``url + ready`` answers 200 (fails with the
+    log's tail when it does not), until the block ends (SIGTERM, then SIGKILL if it hangs)."""
+    proc = start(argv, env=env, log_file=log, cwd=cwd)
+    server = kind(url, proc, log)
+    try:
+        try:
+            wait_http(f"{url}{ready}", timeout=timeout, proc=proc)
+        except Exception as exc:
+            raise AssertionError(f"{what} did not start ({exc}):\n{server.log_tail()}") from None
+        yield server
+    finally:
+        stop(proc)
+
+
 @contextmanager
 def live_api(service: str, env: dict[str, str], log_dir: Path, timeout: float = 180) -> Iterator[LiveAPI]:
     """`portfolio serve SERVICE` until the block ends (SIGTERM, then SIGKILL if it hangs)."""
     port = free_port()
-    log = log_dir / f"{service}-{port}.log"
-    proc = start(
-        [bin_path("portfolio"), "serve", service, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        log_file=log,
-        cwd=ROOT,
-    )
-    api = LiveAPI(f"http://127.0.0.1:{port}", proc, log)
-    try:
-        try:
-            wait_http(f"{api.url}/ready", timeout=timeout, proc=proc)
-        except Exception as exc:
-            raise AssertionError(f"{service} API did not start ({exc}):\n{api.log_tail()}") from None
+    argv = [bin_path("portfolio"), "serve", service, "--host", "127.0.0.1", "--port", str(port)]
+    url, log = f"http://127.0.0.1:{port}", log_dir / f"{service}-{port}.log"
+    with running(LiveProcess, f"{service} API", argv, url, "/ready", log, env, timeout=timeout) as api:
         yield api
-    finally:
-        stop(proc)
 
 
 def require_data(spec: ServiceSpec) -> Path:

@@ -145,8 +145,13 @@ class ServiceModel(PythonModel):
         if missing:  # optional fields may be left out; the model handles the gap
             frame = frame.assign(**dict.fromkeys(missing))
         explain = bool((params or {}).get("explain", True))
-        out = score_chunk(self.predictor, frame, BatchReport(), explain=explain)
-        return out[output_columns(self.spec)].set_axis(index)
+        out = score_chunk(self.predictor, frame, BatchReport(), explain=explain)[output_columns(self.spec)]
+        # One missing-text value for every consumer: None (an invalid row's empty tariff may be NaN
+        # after a lookup). MLflow's spark_udf turns text results into str, None as "None", NaN as "nan".
+        for col in out.columns:
+            if not pd.api.types.is_numeric_dtype(out[col]):
+                out[col] = out[col].astype(object).where(out[col].notna(), None)
+        return out.set_axis(index)
 
 
 @functools.lru_cache(maxsize=8)

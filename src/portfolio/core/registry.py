@@ -133,12 +133,22 @@ def with_retries(fn: Callable[[], T], settings: Settings, what: str, retries: in
 
 
 def champion_version(name: str) -> ModelVersion | None:
+    return alias_version(name, CHAMPION)
+
+
+def alias_version(name: str, alias: str) -> ModelVersion | None:
+    """The version an alias points to (None when the model or the alias does not exist)."""
     try:
-        return MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        return MlflowClient().get_model_version_by_alias(name, alias)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
+
+
+def delete_alias(name: str, alias: str) -> None:
+    """Remove an alias (e.g. ``challenger`` once it became the champion)."""
+    MlflowClient().delete_registered_model_alias(name, alias)
 
 
 def set_alias(name: str, alias: str, version: str | int) -> None:
@@ -185,6 +195,78 @@ def run_provenance(run_id: str | None) -> dict[str, str]:
         "seed": params.get("seed"),
     }
     return {k: v for k, v in found.items() if v is not None}
+
+
+def champion_candidate(name: str) -> str | None:
+    """The candidate the champion was trained as (its training run's ``model`` param).
+
+    Args:
+        name: The registered model (the service's name); the registry must be configured.
+
+    Returns:
+        The candidate's name, or None when there is no champion or its run is unreachable.
+    """
+    try:
+        mv = champion_version(name)
+        return MlflowClient().get_run(mv.run_id).data.params.get("model") if mv and mv.run_id else None
+    except Exception:
+        return None
+
+
+def model_uri(name: str, version: str | None) -> str:
+    """The ``models:/`` URI of a version, or of the champion alias when ``version`` is None.
+
+    Args:
+        name: The registered model (the service's name); the registry must be configured.
+        version: A registered version, or None for the champion.
+
+    Returns:
+        The URI. Raises ``NoChampionError`` when the champion is asked for and there is none.
+    """
+    if version is None and champion_version(name) is None:
+        raise NoChampionError(f"no champion registered for {name!r}: run `portfolio train {name}`")
+    return f"models:/{name}/{version}" if version else f"models:/{name}@{CHAMPION}"
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One registered version as `portfolio models` lists it."""
+
+    version: str
+    aliases: tuple[str, ...]
+    holdout: float | None  # the training run's ``test_<metric>``
+    created_ms: int
+
+
+def list_versions(name: str, metric: str) -> list[VersionRow]:
+    """Every registered version of ``name``, newest first, with its aliases and hold-out ``metric``.
+
+    Args:
+        name: The registered model (the service's name); the registry must be configured.
+        metric: The metric whose ``test_`` figure each version's training run logged.
+
+    Returns:
+        The rows; none when the model is not registered or the registry cannot be read.
+    """
+    client = MlflowClient()
+    try:
+        versions = list(client.search_model_versions(f"name='{name}'"))
+        # The registered model holds the aliases (search results leave them out).
+        aliases = client.get_registered_model(name).aliases
+    except Exception:
+        versions, aliases = [], {}
+    rows = []
+    for mv in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        run = client.get_run(mv.run_id) if mv.run_id else None
+        rows.append(
+            VersionRow(
+                version=str(mv.version),
+                aliases=tuple(sorted(a for a, v in aliases.items() if str(v) == str(mv.version))),
+                holdout=run.data.metrics.get(f"test_{metric}") if run else None,
+                created_ms=int(mv.creation_timestamp),
+            )
+        )
+    return rows
 
 
 def promote(name: str, version: str | int) -> ModelVersion:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal, NamedTuple, NotRequired
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NamedTuple, NotRequired
 
 import annotated_types
 import msgspec
@@ -36,17 +37,34 @@ from pydantic import Field as PydField
 from pydantic_core import PydanticCustomError
 from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
-# pandera imports pyspark.pandas whenever pyspark is installed (the `spark` extra): ~1.4 s on every
-# CLI/API start, and it patches pandas. Nothing here uses pandas-on-Spark, so pandera is shown
-# that import failing; the real module stays importable afterwards.
-_hide_pandas_on_spark = "pyspark.pandas" not in sys.modules
-if _hide_pandas_on_spark:
-    sys.modules["pyspark.pandas"] = None  # type: ignore[assignment]
-try:
+if TYPE_CHECKING:
     import pandera.pandas as pa
-finally:
-    if _hide_pandas_on_spark:
-        sys.modules.pop("pyspark.pandas", None)
+
+
+@functools.cache
+def _pandera() -> Any:
+    """pandera, imported on first use: only data validation (training, batch scoring, drift)
+    needs it, and an API worker would pay ~15 MB and ~0.4 s for it.
+
+    pandera imports pyspark.pandas whenever pyspark is installed (the `spark` extra): ~1.4 s, and
+    it patches pandas. Nothing here uses pandas-on-Spark, so pandera is shown that import
+    failing; the real module stays importable afterwards. It also sets SPARK_LOCAL_IP=127.0.0.1
+    (and PYARROW_IGNORE_TIMEZONE) when unset, which would tie a Spark driver started later in
+    this process to loopback, out of a cluster's reach: the environment is put back as it was."""
+    hide = "pyspark.pandas" not in sys.modules
+    spark_env = {k: os.environ.get(k) for k in ("SPARK_LOCAL_IP", "PYARROW_IGNORE_TIMEZONE")}
+    if hide:
+        sys.modules["pyspark.pandas"] = None  # type: ignore[assignment]
+    try:
+        import pandera.pandas
+    finally:
+        if hide:
+            sys.modules.pop("pyspark.pandas", None)
+        for key, value in spark_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+    return pandera.pandas
+
 
 Kind = Literal["int", "float", "category", "text", "date"]
 
@@ -112,7 +130,8 @@ class ValidationResult:
 
 
 def _checks(f: Field) -> list[pa.Check]:
-    checks: list[pa.Check] = []
+    pa = _pandera()
+    checks: list[Any] = []
     if f.min is not None and f.max is not None:
         checks.append(pa.Check.in_range(f.min, f.max, error=f"must be between {f.min:g} and {f.max:g}"))
     elif f.min is not None:
@@ -128,6 +147,7 @@ def _checks(f: Field) -> list[pa.Check]:
 
 def pandera_schema(fields: tuple[Field, ...], name: str = "schema") -> pa.DataFrameSchema:
     """The declarative data schema. Values arrive already coerced (see ``coerce``)."""
+    pa = _pandera()
     columns = {}
     for f in fields:
         dtype: Any = {
@@ -207,7 +227,7 @@ def validate_frame(df: pd.DataFrame, fields: tuple[Field, ...], *, max_examples:
     schema = pandera_schema(fields)
     try:
         schema.validate(typed, lazy=True)
-    except pa.errors.SchemaErrors as exc:
+    except _pandera().errors.SchemaErrors as exc:
         cases = exc.failure_cases
         for row in cases.itertuples(index=False):
             idx, column, check = row.index, row.column, str(row.check)

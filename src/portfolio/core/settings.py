@@ -82,6 +82,19 @@ class Settings(BaseSettings):
     prediction_log_queue: int = Field(
         default=100_000, ge=1, description="Prediction log: records waiting for the writer at most."
     )
+    prediction_log_retention_days: float = Field(
+        default=0.0,
+        ge=0,
+        description="Prediction log: delete a service's log files older than this many days (0: keep all).",
+    )
+    shadow: bool = Field(
+        default=False,
+        description="Also score the registered @challenger off the request path and log its outputs "
+        "as shadow lines (core/monitoring/shadow.py).",
+    )
+    shadow_queue: int = Field(
+        default=10_000, ge=1, description="Shadow scoring: records waiting for the challenger at most."
+    )
     batch_chunk_rows: int = Field(default=100_000, ge=1, description="CSV rows per chunk in predict.")
 
     mlflow_port: int = Field(default=5000, description="Port of the MLflow server `portfolio up` starts.")

@@ -19,6 +19,15 @@ from portfolio.core.fastpath.columns import SMALL_BATCH_ROWS, Columns, Matrix, N
 
 
 # --------------------------------------------------------------------------- column transformer
+def _isna_objects(m: Matrix) -> np.ndarray:
+    """``pd.isna`` of an object matrix; for a request's few values a loop that calls it only on
+    what is neither text nor None (one record: ~1.5 against ~4.7 µs)."""
+    if m.size > 64:
+        return np.asarray(pd.isna(m))
+    flags = [v is None or (type(v) is not str and bool(pd.isna(v))) for v in m.ravel().tolist()]
+    return np.array(flags, dtype=bool).reshape(m.shape)
+
+
 def _impute_onehot(
     impute: Callable[[Matrix], Matrix],
     onehot: Callable[[Matrix], Matrix],
@@ -78,10 +87,10 @@ class _ColumnBlock:
                 def impute(
                     m: Matrix, stats: Any = stats, indicator: Any = indicator, is_obj: bool = is_obj
                 ) -> Matrix:
-                    missing = pd.isna(m) if is_obj else np.isnan(m)
+                    missing = _isna_objects(m) if is_obj else np.isnan(m)
                     out = np.where(missing, stats[None, :], m)
                     if indicator is not None:
-                        out = np.hstack([out, missing[:, indicator].astype(np.float64)])
+                        out = np.concatenate((out, missing[:, indicator].astype(np.float64)), axis=1)
                     return out
 
                 ops.append(impute)
@@ -203,7 +212,7 @@ class CompiledColumnTransformer:
             offset += block.width
 
     def __call__(self, cols: Columns) -> Matrix:
-        return np.hstack([b(cols) for b in self.blocks])
+        return np.concatenate([b(cols) for b in self.blocks], axis=1)
 
     def patch(
         self,

@@ -179,48 +179,50 @@ class DriftCollector:
 
         return [
             GaugeMetricFamily(
-                "portfolio_drift_window_rows", "Records in the drift window", labels=["service"]
+                "portfolio_drift_window_rows", "Records in the drift window", labels=["model_service"]
             ),
             GaugeMetricFamily(
                 "portfolio_drift_reference_loaded",
                 "1 when the served model's training reference is loaded",
-                labels=["service"],
+                labels=["model_service"],
             ),
             GaugeMetricFamily(
                 "portfolio_feature_drift_psi",
                 "PSI of each input feature, window vs training reference",
-                labels=["service", "feature"],
+                labels=["model_service", "feature"],
             ),
             GaugeMetricFamily(
                 "portfolio_feature_drift_pvalue",
                 "p-value of the feature's drift test (KS numeric, chi-square categorical)",
-                labels=["service", "feature"],
+                labels=["model_service", "feature"],
             ),
             GaugeMetricFamily(
                 "portfolio_feature_drifted",
                 "1 when the feature drifted (PSI and test thresholds, enough rows)",
-                labels=["service", "feature"],
+                labels=["model_service", "feature"],
             ),
-            GaugeMetricFamily("portfolio_drift_detected", "1 when any feature drifted", labels=["service"]),
+            GaugeMetricFamily(
+                "portfolio_drift_detected", "1 when any feature drifted", labels=["model_service"]
+            ),
             GaugeMetricFamily(
                 "portfolio_prediction_score",
                 "Model score in the window (mean, quantiles)",
-                labels=["service", "stat"],
+                labels=["model_service", "stat"],
             ),
             GaugeMetricFamily(
                 "portfolio_prediction_positive_rate",
                 "Share of positive decisions in the window (classifiers)",
-                labels=["service"],
+                labels=["model_service"],
             ),
             GaugeMetricFamily(
                 "portfolio_prediction_reference_positive_rate",
                 "Share of positive decisions on the training rows (classifiers)",
-                labels=["service"],
+                labels=["model_service"],
             ),
             GaugeMetricFamily(
                 "portfolio_prediction_drift_psi",
                 "PSI of the model score, window vs training scores",
-                labels=["service"],
+                labels=["model_service"],
             ),
         ]
 

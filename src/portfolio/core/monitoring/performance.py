@@ -14,6 +14,12 @@ figure moved by ``tolerance`` (default 5%): for a metric where higher is better,
 (1 + tolerance)``. Chance alone therefore rarely flags it; with no hold-out figure, or a metric
 that cannot be computed (one class only), it is false and ``degraded_reason`` says why.
 
+Shadow lines (the ``@challenger``'s outputs on the same records, ``PORTFOLIO_SHADOW``) never enter
+these figures. ``comparisons`` sets champion and challenger side by side on the labelled records
+both scored (``compare_on_same_rows``): each version's metrics with intervals, the paired
+difference of the primary metric and the champion gate's verdict on those rows, which
+``portfolio promote --if-better`` acts on.
+
 Prometheus: the report is also kept as ``<prediction log>/<service>/performance.json``; each API
 serves it from there at ``/metrics`` (``RealizedCollector``: ``portfolio_realized_metric``,
 ``portfolio_realized_rows``, ``portfolio_realized_degraded``), so every worker exposes the latest
@@ -35,7 +41,6 @@ import orjson
 from portfolio.core.monitoring.feedback import read_labels
 from portfolio.core.monitoring.predictions import read_log
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import evaluation as ev
 
 LOWER_IS_BETTER = {"rmse", "mae", "brier", "interval_width"}
 
@@ -45,13 +50,16 @@ def latest_path(log_dir: Path, service: str) -> Path:
     return Path(log_dir) / service / "performance.json"
 
 
-def joined_rows(log_dir: Path, service: str, since: datetime | None = None) -> list[dict[str, Any]]:
+def joined_rows(
+    log_dir: Path, service: str, since: datetime | None = None, shadow: bool | None = False
+) -> list[dict[str, Any]]:
     """Logged predictions that have a label, in log order, each with ``y``.
 
     Args:
         log_dir: The prediction log folder.
         service: The service's name.
         since: Only predictions made at or after this time (UTC).
+        shadow: False: the answers given; True: the challenger's shadow lines; None: both.
 
     Returns:
         The joined log records.
@@ -61,7 +69,9 @@ def joined_rows(log_dir: Path, service: str, since: datetime | None = None) -> l
     rows = []
     for record in read_log(log_dir, service):
         y = labels.get(record["request_id"])
-        if y is not None and record["ts"] >= cutoff:
+        if y is None or record["ts"] < cutoff:
+            continue
+        if shadow is None or bool(record.get("shadow", False)) == shadow:
             rows.append(record | {"y": y})
     return rows
 
@@ -80,6 +90,8 @@ def realized_metrics(
     Returns:
         metric → {value, ci_low, ci_high}.
     """
+    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
+
     y = np.array([r["y"] for r in rows], dtype=float)
     outs = [r["outputs"] for r in rows]
     if spec.task == "classification":
@@ -94,6 +106,139 @@ def realized_metrics(
     return {_name(k): v for k, v in metrics.items()}
 
 
+def paired_rows(
+    rows: list[dict[str, Any]],
+) -> dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """Labelled records scored by both the served version and a shadow challenger, by
+    (served version, challenger version); a record id's last line of each kind counts.
+
+    Args:
+        rows: Joined log records, answers and shadow lines (``joined_rows(..., shadow=None)``).
+
+    Returns:
+        (served version, challenger version) → [(served record, shadow record)], in log order.
+    """
+    served: dict[str, dict[str, Any]] = {}
+    shadow: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        (shadow if r.get("shadow", False) else served)[r["request_id"]] = r
+    pairs: dict[tuple[str, str], list[tuple[dict[str, Any], dict[str, Any]]]] = {}
+    for rid, s in served.items():
+        c = shadow.get(rid)
+        if c is not None:
+            pairs.setdefault((str(s["model_version"]), str(c["model_version"])), []).append((s, c))
+    return pairs
+
+
+def compare_on_same_rows(
+    spec: ServiceSpec,
+    pairs: list[tuple[dict[str, Any], dict[str, Any]]],
+    rounds: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Champion and challenger on the same labelled records: both versions' metrics with 95%
+    bootstrap intervals, the paired difference of the primary metric (challenger - champion, one
+    resample of the rows for both) and the champion gate's verdict on these rows
+    (``train.gate_prefers``: the challenger's primary metric is not worse).
+
+    Args:
+        spec: The service.
+        pairs: (served record, shadow record) of one version pair, each with ``y``.
+        rounds: Bootstrap resamples.
+        seed: The bootstrap's seed.
+
+    Returns:
+        The comparison: versions, ``rows``, ``champion``/``challenger`` metrics, ``difference``,
+        ``challenger_wins`` and ``reason``.
+    """
+    from portfolio.core.training.train import gate_prefers
+
+    served = [s for s, _ in pairs]
+    shadow = [c for _, c in pairs]
+    champion = realized_metrics(spec, served, rounds, seed)
+    challenger = realized_metrics(spec, shadow, rounds, seed)
+    metric = spec.primary_metric
+    a, b = champion[metric]["value"], challenger[metric]["value"]
+    result: dict[str, Any] = {
+        "champion_version": str(served[0]["model_version"]),
+        "challenger_version": str(shadow[0]["model_version"]),
+        "rows": len(pairs),
+        "primary_metric": metric,
+        "champion": champion,
+        "challenger": challenger,
+        "difference": _paired_difference(spec, served, shadow, rounds, seed),
+        "rule": f"the champion gate's: the challenger's {metric} is not "
+        f"{'lower' if spec.primary_higher_is_better else 'higher'} than the champion's on the same rows",
+    }
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return result | {
+            "challenger_wins": False,
+            "reason": f"{metric} cannot be computed on these {len(pairs)} rows (one class only?)",
+        }
+    wins = gate_prefers(spec, b, a)
+    word = "not worse than" if wins else "worse than"
+    return result | {
+        "challenger_wins": wins,
+        "reason": f"challenger v{result['challenger_version']} {metric} {b:.4f} is {word} champion "
+        f"v{result['champion_version']} {a:.4f} on the same {len(pairs)} labelled rows",
+    }
+
+
+def _paired_difference(
+    spec: ServiceSpec, served: list[dict[str, Any]], shadow: list[dict[str, Any]], rounds: int, seed: int
+) -> dict[str, float]:
+    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
+
+    metric = spec.primary_metric
+    y = np.array([r["y"] for r in served], dtype=float)
+    if spec.task == "classification":
+        a = np.array([r["outputs"]["probability"] for r in served], dtype=float)
+        b = np.array([r["outputs"]["probability"] for r in shadow], dtype=float)
+        ta, tb = float(served[-1]["outputs"]["threshold"]), float(shadow[-1]["outputs"]["threshold"])
+        yi = y.astype(int)
+
+        def diff(i: np.ndarray) -> dict[str, float]:
+            return {
+                "d": ev.classification_metrics(yi[i], b[i], tb)[metric]
+                - ev.classification_metrics(yi[i], a[i], ta)[metric]
+            }
+
+        stratify: np.ndarray | None = yi
+    else:
+        t = spec.target
+        a = np.array([r["outputs"][t] for r in served], dtype=float)
+        b = np.array([r["outputs"][t] for r in shadow], dtype=float)
+
+        def diff(i: np.ndarray) -> dict[str, float]:
+            return {
+                "d": ev.regression_metrics(y[i], b[i])[metric] - ev.regression_metrics(y[i], a[i])[metric]
+            }
+
+        stratify = None
+    every = np.arange(len(y))
+    low, high = ev.bootstrap_intervals(diff, len(y), rounds, seed, stratify)["d"]
+    return {"value": diff(every)["d"], "ci_low": low, "ci_high": high}
+
+
+def comparisons(
+    spec: ServiceSpec, rows: list[dict[str, Any]], rounds: int, seed: int
+) -> list[dict[str, Any]]:
+    """``compare_on_same_rows`` for every (served, challenger) version pair in ``rows``.
+
+    Args:
+        spec: The service.
+        rows: Joined answers and shadow lines.
+        rounds: Bootstrap resamples.
+        seed: The bootstrap's seed.
+
+    Returns:
+        One comparison per pair, most rows first.
+    """
+    pairs = paired_rows(rows)
+    ordered = sorted(pairs.values(), key=len, reverse=True)
+    return [compare_on_same_rows(spec, p, rounds, seed) for p in ordered]
+
+
 def _name(metric: str) -> str:
     return "interval_coverage" if metric == "coverage" else metric
 
@@ -101,6 +246,8 @@ def _name(metric: str) -> str:
 def holdout_metrics(service: str, version: str) -> dict[str, dict[str, float]] | None:
     """The hold-out metrics a registered version's training run logged (None when unreachable)."""
     from mlflow.tracking import MlflowClient
+
+    from portfolio.core.training import evaluation as ev
 
     try:
         client = MlflowClient()
@@ -160,7 +307,8 @@ def performance_report(
         The report; top level for ``model_version`` (the version of the latest joined
         prediction), every version under ``versions``. Raises ValueError when no row is joined.
     """
-    rows = joined_rows(log_dir, spec.name, since)
+    every = joined_rows(log_dir, spec.name, since, shadow=None)
+    rows = [r for r in every if not r.get("shadow", False)]
     if not rows:
         raise ValueError(
             f"{spec.name}: no logged prediction has a label"
@@ -203,6 +351,8 @@ def performance_report(
             f"{tolerance:g})",
             "bootstrap_rounds": rounds,
             "versions": versions,
+            # Champion vs challenger on the same labelled records (shadow lines), per pair.
+            "comparisons": comparisons(spec, every, rounds=rounds, seed=seed),
         }
     )
 
@@ -262,17 +412,17 @@ class RealizedCollector:
         metric = GaugeMetricFamily(
             "portfolio_realized_metric",
             "Realized metric on labelled predictions (latest `portfolio performance`), value and 95% CI",
-            labels=["service", "model_version", "metric", "stat"],
+            labels=["model_service", "model_version", "metric", "stat"],
         )
         rows = GaugeMetricFamily(
             "portfolio_realized_rows",
             "Labelled predictions in the latest report",
-            labels=["service", "model_version"],
+            labels=["model_service", "model_version"],
         )
         bad = GaugeMetricFamily(
             "portfolio_realized_degraded",
             "1 when the latest report finds the version degraded (rule in the report)",
-            labels=["service", "model_version"],
+            labels=["model_service", "model_version"],
         )
         for version, v in ((report or {}).get("versions") or {}).items():
             rows.add_metric([self.service, version], v["rows"])
@@ -331,6 +481,24 @@ def write_html(report: Mapping[str, Any], path: Path) -> Path:
             f"{html.escape(v['degraded_reason'])}</p>"
             "<table><tr><th>metric</th><th>realized</th><th>95% CI</th><th>hold-out</th></tr>"
             f"{table}</table>{chart}"
+        )
+    for comp in report.get("comparisons") or []:
+        champ, chal = comp["champion"], comp["challenger"]
+        rows_html = "".join(
+            f"<tr><td>{html.escape(n)}</td><td>{_fmt(champ[n]['value'])} [{_fmt(champ[n]['ci_low'])}, "
+            f"{_fmt(champ[n]['ci_high'])}]</td><td>{_fmt(chal[n]['value'])} [{_fmt(chal[n]['ci_low'])}, "
+            f"{_fmt(chal[n]['ci_high'])}]</td></tr>"
+            for n in champ
+        )
+        d = comp["difference"]
+        sections.append(
+            f"<h2>Champion v{html.escape(comp['champion_version'])} vs challenger "
+            f"v{html.escape(comp['challenger_version'])} on the same {comp['rows']} labelled rows</h2>"
+            f"<p class='{'ok' if comp['challenger_wins'] else 'bad'}'>{html.escape(comp['reason'])}; "
+            f"{html.escape(comp['primary_metric'])} difference (challenger - champion) {_fmt(d['value'])} "
+            f"[{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]</p>"
+            "<table><tr><th>metric</th><th>champion [95% CI]</th><th>challenger [95% CI]</th></tr>"
+            f"{rows_html}</table>"
         )
     status = "DEGRADED" if report["degraded"] else "Not degraded"
     since = f", predictions since {html.escape(report['since'])}" if report["since"] else ""

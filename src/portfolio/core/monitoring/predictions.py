@@ -2,27 +2,36 @@
 
 A line holds ``ts`` (UTC, ISO 8601), ``request_id``, ``service``, ``model_version``,
 ``inference`` (the predictor's path: ``compiled`` or why the pipeline), ``inputs`` (the validated
-field values) and ``outputs`` (what the caller was answered). ``request_id`` is the request's
-``X-Request-ID`` (or the one the API generated) for ``/predict``; a record of ``/predict/batch``
-gets ``<request id>:<index>`` (0-based position in ``records``); the CLI's ``--log-predictions``
-uses ``<run id>:<row>`` (0-based data row of the input CSV).
+field values), ``outputs`` (what the caller was answered) and ``shadow``: false for the answer the
+caller got, true for the ``@challenger``'s outputs on the same record (``PORTFOLIO_SHADOW``,
+``monitoring/shadow.py``: same ``request_id``, the challenger's ``model_version``).
+``request_id`` is the request's ``X-Request-ID`` (or the one the API generated) for ``/predict``; a
+record of ``/predict/batch`` gets ``<request id>:<index>`` (0-based position in ``records``); the
+CLI's ``--log-predictions`` uses ``<run id>:<row>`` (0-based data row of the input CSV).
 
 Files: ``<PORTFOLIO_PREDICTION_LOG_DIR>/<service>/<service>-<start>-<pid>-<tag>-<n>.jsonl``, one series
 per process (so API workers never interleave lines), a new file once the current one passes
 ``PORTFOLIO_PREDICTION_LOG_MAX_BYTES``.
 
-Off the hot path: a request only puts one item (its records, by reference) on a bounded queue; a
-background thread samples (``PORTFOLIO_PREDICTION_LOG_SAMPLE``), serialises and writes. When the
+Off the hot path: a request only appends one item (its records, by reference) to a bounded queue
+that wakes nobody (``queueing.RecordQueue``); a background thread wakes every
+``FLUSH_INTERVAL_S`` (or at once when the queue is more than half full), then samples
+(``PORTFOLIO_PREDICTION_LOG_SAMPLE``, by a hash of the record's id, so a record's champion and
+shadow lines are kept or left out together), serialises and writes everything queued. When the
 queue is full the request's records are not logged and are counted in
 ``portfolio_prediction_log_records_total{outcome="dropped_queue_full"}`` (and a warning is
 logged), never silently. ``close()`` (the API's shutdown on SIGTERM/SIGINT) drains the queue and
 flushes the file.
 
-What a crash can lose at most: the writer flushes to the OS each time the queue runs empty, so a
-killed process (SIGKILL, OOM) loses at most the requests still queued (≤
-``PORTFOLIO_PREDICTION_LOG_QUEUE`` records) plus the lines written since the last flush, i.e. what arrived
-while the writer was busy; a machine crash also loses what the OS had not written to disk yet
-(no fsync).
+Retention: with ``PORTFOLIO_PREDICTION_LOG_RETENTION_DAYS`` > 0, the writer deletes the service's log
+files last modified longer ago than that (at start, at each rotation and hourly; labels and
+reports are kept). 0 (the default) keeps every file.
+
+What a crash can lose at most: the writer flushes to the OS each time it has emptied the queue, so
+a killed process (SIGKILL, OOM) loses at most the requests still queued (those of the last
+``FLUSH_INTERVAL_S``, more if the writer fell behind; ≤ ``PORTFOLIO_PREDICTION_LOG_QUEUE`` records) plus
+the lines written since the last flush; a machine crash also loses what the OS had not written
+to disk yet (no fsync).
 """
 
 from __future__ import annotations
@@ -30,11 +39,10 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import queue
-import random
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,9 +51,12 @@ from typing import IO, Any
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
+from portfolio.core.monitoring.queueing import RecordQueue
+
 log = logging.getLogger(__name__)
 
-_STOP = object()
+# How long queued records wait for the writer at most while the queue is less than half full.
+FLUSH_INTERVAL_S = 0.05
 OUTCOMES = ("written", "sampled_out", "dropped_queue_full", "write_error")
 
 
@@ -60,6 +71,7 @@ class PredictionLog:
         queue_size: Records waiting for the writer at most (a request larger than that is
             still taken when nothing waits, so a big batch is never refused for its size alone).
         registry: Where the records counter is registered (the API's /metrics registry).
+        retention_days: Delete this service's log files older than this (0: keep all).
     """
 
     def __init__(
@@ -70,6 +82,7 @@ class PredictionLog:
         max_bytes: int = 64 << 20,
         queue_size: int = 10_000,
         registry: CollectorRegistry | None = None,
+        retention_days: float = 0.0,
     ):
         self.folder = Path(directory) / service
         self.service = service
@@ -78,22 +91,28 @@ class PredictionLog:
         self.records = Counter(
             "portfolio_prediction_log_records",
             "Scored records by what the prediction log did with them",
-            ["service", "outcome"],
+            ["model_service", "outcome"],
             registry=registry,
         )
         self._counters = {o: self.records.labels(service, o) for o in OUTCOMES}
         # Bounded in records, not requests: a batch of 1,000 costs as much memory as 1,000 requests.
-        self._queue: queue.Queue[Any] = queue.Queue()
-        self._limit = queue_size
-        self._pending = 0
+        self._queue = RecordQueue(
+            queue_size, self._counters["dropped_queue_full"], f"{service}: prediction log", FLUSH_INTERVAL_S
+        )
         self._file: IO[bytes] | None = None
+        self._path: Path | None = None
+        self._size = 0  # bytes in the current file
+        self._second, self._second_text = -1, ""  # the last whole second _stamp formatted
         # Start time first (files sort in time order), then what tells processes and logs apart.
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
         self._series = f"{service}-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self._part = itertools.count()
-        self._rng = random.Random()  # nosec B311: picks which records to log, not a secret
-        self._warned_full = False
+        # A record is kept when the hash of its id falls under the share: the same decision for
+        # its champion and shadow lines, in every process.
+        self._keep_below = int(sample * 2**32)
+        self.retention_s = retention_days * 86400.0
+        self._pruned_at = 0.0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -110,6 +129,7 @@ class PredictionLog:
         outputs: Sequence[Mapping[str, Any]],
         batch: bool,
         index: Sequence[int] | None = None,
+        shadow: bool = False,
     ) -> None:
         """Queue one request's scored records (the hot path: no copy, no serialisation).
 
@@ -122,31 +142,22 @@ class PredictionLog:
             batch: Whether the records came as a batch (ids with an index).
             index: The records' indexes in the ids (default: their positions); the CLI gives
                 the input rows'.
+            shadow: The outputs are the challenger's, not the answer given (``shadow.py``).
         """
         if not self.enabled:
             return
         if self._thread is None:
             self._start()
-        n = len(outputs)
-        with self._lock:
-            full = self._pending > 0 and self._pending + n > self._limit
-            if not full:
-                self._pending += n
-        if not full:
-            self._queue.put_nowait(
-                (time.time(), request_id, model_version, inference, inputs, outputs, batch, index)
-            )
-        else:
-            self._counters["dropped_queue_full"].inc(n)
-            if not self._warned_full:
-                self._warned_full = True
-                log.warning("%s: prediction log queue full; records dropped (counted)", self.service)
+        self._queue.offer(
+            (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow),
+            len(outputs),
+        )
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, flush and close the file (the API's shutdown)."""
         if self._thread is None:
             return
-        self._queue.put(_STOP)
+        self._queue.stop()
         self._thread.join(timeout)
         self._thread = None
 
@@ -154,6 +165,7 @@ class PredictionLog:
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
+                self._queue.stopping = False  # a log closed and used again
                 self._thread = threading.Thread(
                     target=self._run, name=f"{self.service}-prediction-log", daemon=True
                 )
@@ -161,39 +173,40 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
-            if item is _STOP:
+            for item, records in self._queue.take():
+                try:
+                    self._write(item)
+                finally:
+                    self._queue.done(records)
+            if self._file is not None:
+                self._file.flush()  # the queue was empty: what was written is in the OS now
+            if self._queue.stopping and self._queue.empty():  # close(): all queued before it is written
                 break
-            try:
-                self._write(item)
-            finally:
-                with self._lock:
-                    self._pending -= len(item[5])
-            if self._queue.empty() and self._file is not None:
-                self._file.flush()  # idle: what was written is in the OS now
         if self._file is not None:
             self._file.close()
             self._file = None
 
     def _write(self, item: tuple[Any, ...]) -> None:
-        ts, rid, version, inference, inputs, outputs, batch, index = item
-        stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="microseconds")
+        ts, rid, version, inference, inputs, outputs, batch, index, shadow = item
+        stamp = self._stamp(ts)
         names = list(inputs)
         columns = [inputs[n] for n in names]
         lines: list[bytes] = []
         skipped = 0
         for i, out in enumerate(outputs):
-            if self.sample < 1.0 and self._rng.random() >= self.sample:
+            record_id = f"{rid}:{i if index is None else index[i]}" if batch else rid
+            if self.sample < 1.0 and zlib.crc32(record_id.encode()) >= self._keep_below:
                 skipped += 1
                 continue
             record = {
                 "ts": stamp,
-                "request_id": (f"{rid}:{i if index is None else index[i]}" if batch else rid),
+                "request_id": record_id,
                 "service": self.service,
                 "model_version": version,
                 "inference": inference,
                 "inputs": {n: c[i] for n, c in zip(names, columns, strict=True)},
                 "outputs": out,
+                "shadow": shadow,
             }
             lines.append(orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
         if skipped:
@@ -202,20 +215,83 @@ class PredictionLog:
             return
         try:
             fh = self._current()
-            fh.write(b"\n".join(lines) + b"\n")
+            data = b"\n".join(lines) + b"\n"
+            fh.write(data)
+            self._size += len(data)
             self._counters["written"].inc(len(lines))
         except OSError as exc:
             self._counters["write_error"].inc(len(lines))
             log.warning("%s: prediction log not written (%s)", self.service, exc)
 
+    def _stamp(self, ts: float) -> str:
+        """``ts`` as ISO 8601 UTC with microseconds, as ``datetime.isoformat`` writes it; the
+        date and time of day are formatted once per second (~0.5 instead of ~3 µs a record,
+        which the writer spends holding the interpreter lock the event loop needs)."""
+        second = int(ts)
+        micro = round((ts - second) * 1e6)
+        if micro >= 1_000_000:  # rounds up into the next second
+            second, micro = second + 1, 0
+        if second != self._second:
+            self._second = second
+            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        return f"{self._second_text}.{micro:06d}+00:00"
+
     def _current(self) -> IO[bytes]:
-        if self._file is not None and self._file.tell() >= self.max_bytes:
+        # The size is counted, not asked of the file: tell() is a system call per write.
+        if self._file is not None and self._size >= self.max_bytes:
             self._file.close()
             self._file = None
         if self._file is None:
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._file = (self.folder / f"{self._series}-{next(self._part):04d}.jsonl").open("ab")
+            self._path = self.folder / f"{self._series}-{next(self._part):04d}.jsonl"
+            self._file = self._path.open("ab")
+            self._size = self._file.tell()
+            self._pruned_at = 0.0  # a new file: prune now
+        if self.retention_s > 0 and time.time() - self._pruned_at > PRUNE_EVERY_S:
+            self._pruned_at = time.time()
+            prune_log(self.folder.parent, self.service, self.retention_s / 86400.0, keep=self._path)
         return self._file
+
+
+PRUNE_EVERY_S = 3600.0
+
+
+def prune_log(
+    directory: Path,
+    service: str,
+    retention_days: float,
+    now: float | None = None,
+    keep: Path | None = None,
+) -> list[Path]:
+    """Delete a service's prediction log files last modified more than ``retention_days`` ago
+    (labels and reports stay; a file another process deletes first is skipped).
+
+    Args:
+        directory: The prediction log folder.
+        service: The service's name.
+        retention_days: Age limit in days (> 0).
+        now: The current time (seconds since the epoch; default: now).
+        keep: A file never deleted (the caller's own open file, however long it was idle).
+
+    Returns:
+        The deleted files.
+    """
+    limit = (time.time() if now is None else now) - retention_days * 86400.0
+    deleted = []
+    for path in (Path(directory) / service).glob(f"{service}-*.jsonl"):
+        if path == keep:
+            continue
+        try:
+            if path.stat().st_mtime < limit:
+                path.unlink()
+                deleted.append(path)
+        except FileNotFoundError:
+            continue
+    if deleted:
+        log.info(
+            "%s: deleted %d prediction log file(s) older than %g days", service, len(deleted), retention_days
+        )
+    return deleted
 
 
 def read_log(directory: Path, service: str) -> Iterator[dict[str, Any]]:

@@ -4,7 +4,6 @@ service contributes only its spec; nothing here is service-specific."""
 
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -18,6 +17,7 @@ from portfolio.core.serving.context import ServingContext
 from portfolio.core.serving.errors import install_error_handlers
 from portfolio.core.serving.inference import ModelHolder
 from portfolio.core.serving.metrics import Metrics
+from portfolio.core.serving.request_ids import new_request_id
 from portfolio.core.serving.routes import admin, explain, ops, predict
 from portfolio.core.settings import Settings, get_settings
 from portfolio.core.spec import ServiceSpec
@@ -43,8 +43,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.holder.start()
+        if ctx.shadow is not None:
+            ctx.shadow.start()
         yield
         ctx.holder.stop()
+        if ctx.shadow is not None:
+            ctx.shadow.close()  # what was queued is scored and handed to the log first
         ctx.prediction_log.close()  # SIGTERM/SIGINT: everything answered is written and flushed
 
     app = FastAPI(title=f"{spec.title} API", description=spec.description, version="1", lifespan=lifespan)
@@ -52,6 +56,7 @@ def create_app(
     app.state.metrics = ctx.metrics
     app.state.monitor = ctx.monitor
     app.state.prediction_log = ctx.prediction_log
+    app.state.shadow = ctx.shadow
     if ctx.settings.cors_origins.strip():
         app.add_middleware(
             CORSMiddleware,
@@ -62,6 +67,9 @@ def create_app(
     install_error_handlers(app)
     for routes in (ops, predict, explain, admin):
         app.include_router(routes.router(ctx))
+    # Before every route: the prediction endpoints' common requests skip FastAPI's request
+    # handling (routes/predict.py says which and why); the FastAPI routes document them.
+    app.router.routes[0:0] = predict.fast_routes(ctx)
     document_bodies(app, [ctx.Record, ctx.Batch])
     app.add_middleware(
         RequestContextMiddleware, service=spec.name, metrics=ctx.metrics, max_body=ctx.settings.max_body_bytes
@@ -140,7 +148,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or new_request_id()
         token = request_id.set(rid)
         path = scope.get("path", "")
         if log.isEnabledFor(logging.DEBUG) and path not in _UNLOGGED:
@@ -198,7 +206,7 @@ class RequestContextMiddleware:
                 )
             children[0].inc()
             children[1].observe(elapsed)
-            if endpoint not in _UNLOGGED:
+            if endpoint not in _UNLOGGED and log.isEnabledFor(logging.INFO):  # no dict when off
                 log.info(
                     "request",
                     extra={

@@ -18,6 +18,7 @@ from portfolio.core.logs import request_id
 from portfolio.core.monitoring.live import DriftCollector, LiveMonitor
 from portfolio.core.monitoring.performance import RealizedCollector, latest_path
 from portfolio.core.monitoring.predictions import PredictionLog
+from portfolio.core.monitoring.shadow import ShadowScorer
 from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
 from portfolio.core.serving.errors import AccessDenied, ModelUnavailable
 from portfolio.core.serving.inference import ModelHolder, Predictor, as_records
@@ -50,6 +51,13 @@ class ServingContext:
             max_bytes=settings.prediction_log_max_bytes,
             queue_size=settings.prediction_log_queue,
             registry=self.metrics.registry,
+            retention_days=settings.prediction_log_retention_days,
+        )
+        # PORTFOLIO_SHADOW: the @challenger scores the same records off the request path.
+        self.shadow = (
+            ShadowScorer(spec, settings, self.prediction_log, self.metrics.registry)
+            if settings.shadow
+            else None
         )
         # The latest `portfolio performance` report of the service, served at /metrics.
         self.metrics.registry.register(
@@ -150,7 +158,10 @@ class ServingContext:
             counter.inc(n)
         self.monitor.observe(values, out[self.score_key].tolist())
         records = as_records(out, constants)
-        self.prediction_log.submit(request_id.get(), p.version, p.inference, values, records, batch)
+        rid = request_id.get()
+        self.prediction_log.submit(rid, p.version, p.inference, values, records, batch)
+        if self.shadow is not None:
+            self.shadow.submit(rid, p.version, values, count, batch)
         return records
 
 

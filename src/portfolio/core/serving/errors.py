@@ -74,12 +74,22 @@ ADMIN_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def json_response(body: Any, status: int = 200) -> Response:
+def json_bytes(body: Any) -> bytes:
     """``body`` as JSON (orjson: 5-10x faster than json.dumps, native on numpy scalars; NaN and
-    Infinity become null)."""
-    return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), status, media_type="application/json"
-    )
+    Infinity become null).
+
+    Args:
+        body: What to encode.
+
+    Returns:
+        The JSON text.
+    """
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    """``body`` as a JSON response (``json_bytes``)."""
+    return Response(json_bytes(body), status, media_type="application/json")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -80,6 +80,20 @@ class CVEstimate:
         }
 
 
+def best_estimate(spec: ServiceSpec, estimates: Sequence[CVEstimate]) -> CVEstimate:
+    """The candidate with the best mean primary metric (the first one on a tie).
+
+    Args:
+        spec: The service (its primary metric and direction).
+        estimates: One estimate per candidate, at least one.
+
+    Returns:
+        The best estimate.
+    """
+    sign = 1 if spec.primary_higher_is_better else -1
+    return max(estimates, key=lambda e: e.mean(spec.primary_metric) * sign)
+
+
 def to_markdown(estimates: Sequence[CVEstimate]) -> str:
     """One row per candidate: each metric as mean ± sd (min-max) over repeats x folds."""
     if not estimates:

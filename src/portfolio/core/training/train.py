@@ -123,6 +123,21 @@ def _better(spec: ServiceSpec, a: float, b: float) -> bool:
     return a >= b if spec.primary_higher_is_better else a <= b
 
 
+def gate_prefers(spec: ServiceSpec, new: float, current: float) -> bool:
+    """The champion gate's rule, for other callers (``portfolio promote --if-better``): the new
+    model's primary metric is not worse than the current champion's on the same rows.
+
+    Args:
+        spec: The service (its primary metric's direction).
+        new: The new model's (challenger's) primary metric.
+        current: The champion's, on the same rows.
+
+    Returns:
+        True when the new model should become the champion.
+    """
+    return _better(spec, new, current)
+
+
 def _git_commit(settings: Settings) -> str:
     try:
         out = subprocess.run(

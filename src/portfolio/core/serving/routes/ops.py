@@ -59,16 +59,18 @@ def router(ctx: ServingContext) -> APIRouter:
             "metrics": {k: v for k, v in sorted(p.loaded.metrics.items()) if not math.isnan(v)},
             "outputs": p.output_columns,
             "input_schema": ctx.Record.model_json_schema(),
+            # PORTFOLIO_SHADOW: the @challenger version scored beside it (null: none loaded).
+            "shadow": None
+            if ctx.shadow is None
+            else {"challenger_version": ctx.shadow.holder.version, "error": ctx.shadow.holder.error},
         }
 
     @api.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
     async def prometheus() -> Response:
         p = holder.predictor
-        metrics.model_ready.labels(spec.name).set(1 if p else 0)
-        if p:
-            metrics.model_version.labels(spec.name).set(float(p.version))
-            if monitor.needs_reference(p.version):
-                await run_in_threadpool(monitor.sync, spec, ctx.settings, p.version, p.loaded.run_id)
+        metrics.served(p.version if p else None, p.inference if p else None)
+        if p and monitor.needs_reference(p.version):
+            await run_in_threadpool(monitor.sync, spec, ctx.settings, p.version, p.loaded.run_id)
         await run_in_threadpool(monitor.evaluate)  # drift statistics off the event loop (cached)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
