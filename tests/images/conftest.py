@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -101,6 +102,19 @@ class Deployment:
     dashboard: Container
     trained: str
     cold_start_s: dict[str, float]
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every container of the deployment paused (``docker pause``: no CPU, state kept) while the
+        block runs, e.g. a compose stack on the same 2 cores; resumed afterwards."""
+        containers = (self.mlflow, *self.apis.values(), self.dashboard)
+        ids = [c.id for c in containers]
+        engine = self.mlflow.engine
+        engine("pause", *ids, timeout=60)
+        try:
+            yield
+        finally:
+            engine("unpause", *ids, check=False, timeout=60)
 
 
 @pytest.fixture(scope="package")
