@@ -42,14 +42,16 @@ typecheck: $(STAMP) ## mypy
 	$(BIN)/mypy
 
 unit: install ## pytest only
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/images
 
-# The suite includes tests/images: it builds every role's image (Docker, started when not running;
-# the base image and the builds' layers stay cached for the next run) and runs them and the stack.
-test: install lint typecheck ## lint + types + the test suite (with the images and the compose stack)
-	$(BIN)/pytest
+# tests/images (build and run the images and the compose stack) is not in `make test`: it passes end
+# to end, but takes 36 min cold (no base, no layers: a fresh machine) and 17 min warm on the shared
+# 2-core VM, more than `make test`'s budget (30 min with the rest of the suite's ~20); `make
+# test-images` runs it (see the README's deployment section).
+test: install lint typecheck ## lint + types + the test suite (without tests/images)
+	$(BIN)/pytest --ignore=tests/images
 
-test-images: install ## Only the image and compose-stack tests (tests/images)
+test-images: install ## Build the images, run every role and the compose stack (Docker; not in make test)
 	$(BIN)/pytest tests/images
 
 CV_REPEATS ?= 3
