@@ -15,7 +15,7 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS deps
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
-    UV_NO_CACHE=1 \
+    UV_CACHE_DIR=/tmp/uv-cache \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy
 WORKDIR /build
@@ -23,15 +23,19 @@ WORKDIR /build
 # distribution Python that refuses system-wide pip installs (PEP 668).
 RUN python3 -m venv /opt/uv \
     && /opt/uv/bin/pip install --no-cache-dir "uv==0.13.9"
-# Third-party dependencies first (their layers survive source edits), exact versions from the lock;
-# the libraries' own test suites (pandas', numba's, scipy's…: ~130 MB) are never imported: dropped.
+# Third-party dependencies first (their layers survive source edits), exact versions from the lock.
+# One download per wheel for the three venvs (uv's cache lives only during this RUN), and the
+# dashboard's venv starts as a copy of the API's (its packages are installed and byte-compiled once).
+# The libraries' own test suites (pandas', numba's, scipy's…: ~130 MB) are never imported: dropped.
 COPY requirements.lock pyproject.toml deploy/docker/requirements.py ./
 RUN for kind in api dashboard mlflow; do \
-      /opt/uv/bin/uv venv --relocatable "/opt/venvs/$kind" --python "$(command -v python3)" \
+      if [ "$kind" = dashboard ]; then cp -a /opt/venvs/api /opt/venvs/dashboard; \
+      else /opt/uv/bin/uv venv --relocatable "/opt/venvs/$kind" --python "$(command -v python3)"; fi \
       && python3 requirements.py --kind "$kind" > "$kind.txt" \
       && /opt/uv/bin/uv pip install --python "/opt/venvs/$kind/bin/python" \
          --constraint requirements.lock -r "$kind.txt" || exit 1; \
     done \
+    && rm -rf "$UV_CACHE_DIR" \
     && find /opt/venvs -depth -type d -name tests -path "*/site-packages/*/*" -exec rm -rf {} +
 COPY README.md ./
 COPY src ./src
@@ -41,15 +45,16 @@ RUN for kind in api dashboard; do \
     done
 
 # ---------------------------------------------------------------- select: this role's venv
-# (the venvs are relocatable: their scripts find their interpreter relative to themselves)
+# A symlink to the role's venv, which the runtime stage copies (COPY follows it): no per-role copy
+# here, and every API role's COPY below has the same content, so it is one cached layer for all.
+# (The venvs are relocatable: their scripts find their interpreter relative to themselves.)
 FROM deps AS select
 ARG SERVICE=""
 RUN kind="$(python3 requirements.py --kind-of "${SERVICE}")" \
-    && mv "/opt/venvs/$kind" /opt/venv
+    && ln -s "/opt/venvs/$kind" /opt/venv
 
 # ---------------------------------------------------------------- runtime: venv + entrypoint only
 FROM ${PYTHON_IMAGE} AS runtime
-ARG SERVICE=""
 LABEL org.opencontainers.image.title="ml-mlops-portfolio" \
       org.opencontainers.image.description="BankChurn, CarVision and TelecomAI ML services on one MLOps core" \
       org.opencontainers.image.licenses="MIT"
@@ -75,7 +80,6 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PORTFOLIO_SERVICE=${SERVICE} \
     PORTFOLIO_HOME=/app \
     PORTFOLIO_STATE_DIR=/tmp/portfolio \
     PORTFOLIO_MODELS_DIR=/tmp/portfolio/models \
@@ -87,6 +91,10 @@ ENV PATH="/opt/venv/bin:${PATH}" \
     MLFLOW_DISABLE_TELEMETRY=true \
     STREAMLIT_BROWSER_GATHER_USAGE_STATS=false
 USER 10001:10001
+# The role last: every layer above is shared by the roles of one kind (a build argument in scope
+# makes each later RUN miss the cache for each new role).
+ARG SERVICE=""
+ENV PORTFOLIO_SERVICE=${SERVICE}
 EXPOSE 8000 8501 5000
 # Liveness of whichever role runs: GET /health (the dashboard: Streamlit's /_stcore/health).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

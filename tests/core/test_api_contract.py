@@ -15,6 +15,7 @@ import pytest
 
 from portfolio.bankchurn.spec import SPEC
 from portfolio.core.settings import Settings
+from tests.support.clients import over_limit_body, post_http_client, post_urllib
 from tests.support.fuzz import assert_fuzz_clean
 from tests.support.live import live_api, state_env
 
@@ -130,6 +131,16 @@ def test_ten_megabyte_bodies_are_413_with_or_without_content_length(api: str) ->
     assert r.json()["detail"][0]["field"] == "body"
     # The service is unharmed.
     assert httpx.post(f"{api}/predict", json=RECORD, timeout=30).status_code == 200
+
+
+def test_clients_that_write_the_whole_body_first_read_the_413(api: str) -> None:
+    # 32 MiB: more than the socket buffers hold, so the client is still writing when the API
+    # answers; without the API's drain, urllib (Connection: close) gets a connection reset.
+    big = over_limit_body()
+    for post in (post_urllib, post_http_client):
+        status, body = post(api, "/predict/batch", big)
+        assert status == 413, (post.__name__, body[:200])
+        assert json.loads(body)["detail"][0]["field"] == "body"
 
 
 def test_unknown_paths_and_methods_answer_in_the_error_shape(api: str) -> None:

@@ -6,7 +6,6 @@ and the container-level faults: MLflow stopped and started again, an API contain
 
 from __future__ import annotations
 
-import http.client
 import json
 import time
 
@@ -17,7 +16,8 @@ from portfolio.core import registry
 from portfolio.services import SERVICES
 from tests.deploy.conftest import example_record
 from tests.images.conftest import Deployment
-from tests.images.engine import API_ROLES, Engine, crash, image_size, wait_healthy, wait_until
+from tests.images.engine import API_ROLES, LABEL, Engine, crash, image_size, wait_healthy, wait_until
+from tests.support.clients import over_limit_body, post_http_client, post_urllib
 
 pytestmark = pytest.mark.integration
 API_IMAGE_MAX_BYTES = 950 * 1000 * 1000
@@ -120,24 +120,15 @@ def test_every_log_line_is_json_including_uvicorns_own(deployment: Deployment) -
     assert "Application startup complete" in messages and "Uvicorn running on" in messages
 
 
-def post_raw(url: str, path: str, body: bytes) -> tuple[int, bytes]:
-    """POST ``body`` with http.client, which writes the whole body before it reads the answer."""
-    host, port = url.removeprefix("http://").split(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def test_over_limit_body_gets_a_readable_413_with_http_client(deployment: Deployment) -> None:
+def test_over_limit_body_gets_a_readable_413_from_clients_that_write_first(deployment: Deployment) -> None:
+    # 32 MiB, more than the socket buffers hold: the client is still writing when the API answers.
+    # Without the API's drain urllib (Connection: close) is reset instead (see tests/support/clients).
     api = next(iter(deployment.apis.values()))
-    big = b'{"records": [' + b" " * 3_000_000 + b"]}"
-    status, body = post_raw(api.url, "/predict/batch", big)
-    assert status == 413
-    assert json.loads(body)["detail"][0]["field"] == "body"
+    big = over_limit_body()
+    for post in (post_urllib, post_http_client):
+        status, body = post(api.url, "/predict/batch", big)
+        assert status == 413, (post.__name__, body[:200])
+        assert json.loads(body)["detail"][0]["field"] == "body"
 
 
 def test_mlflow_stopped_then_started_again(engine: Engine, deployment: Deployment) -> None:
@@ -168,8 +159,11 @@ def test_mlflow_stopped_then_started_again(engine: Engine, deployment: Deploymen
     # A new version of the same model, promoted while the API keeps serving the old one.
     client = MlflowClient(tracking_uri=deployment.mlflow.url, registry_uri=deployment.mlflow.url)
     current = client.get_model_version_by_alias(name, registry.CHAMPION)
+    # MLflow 3 sources are `models:/<model id>`; the server wants that id named with the source
+    # (the registry's answer leaves ModelVersion.model_id empty).
+    model_id = current.model_id or str(current.source).removeprefix("models:/")
     new = client.create_model_version(
-        name, str(current.source), run_id=current.run_id, tags=current.tags, model_id=current.model_id
+        name, str(current.source), run_id=current.run_id, tags=current.tags, model_id=model_id
     )
     client.set_registered_model_alias(name, registry.CHAMPION, new.version)
     deadline = time.monotonic() + 120
@@ -181,6 +175,29 @@ def test_mlflow_stopped_then_started_again(engine: Engine, deployment: Deploymen
         time.sleep(1)
     assert ready.get("model_version") == str(new.version) and ready["status"] == "ready", ready
     assert httpx.post(f"{api.url}/predict", json=record, timeout=30).status_code == 200
+
+
+def test_docker_kill_is_a_manual_stop_but_a_crash_is_restarted(engine: Engine) -> None:
+    """Why the fault tests kill from the host: `docker kill` counts as a manual stop, which the
+    restart policy leaves stopped; a SIGKILL from outside (a crash, the OOM killer) is restarted."""
+    argv = ["run", "-d", "--label", LABEL, "--network", "none", "--restart", "unless-stopped"]
+    killed = engine(*argv, engine.base, "sleep", "600").stdout.strip()
+    crashed = engine(*argv, engine.base, "sleep", "600").stdout.strip()
+    try:
+        engine("kill", killed)
+        crash(engine, crashed)
+
+        def state(cid: str) -> tuple[bool, int]:
+            info = json.loads(engine("inspect", cid).stdout)[0]
+            return bool(info["State"]["Running"]), int(info["RestartCount"])
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and state(crashed) != (True, 1):
+            time.sleep(0.5)
+        assert state(crashed) == (True, 1)
+        assert state(killed) == (False, 0)
+    finally:
+        engine("rm", "-f", killed, crashed, check=False)
 
 
 def test_killed_api_container_is_restarted_healthy(engine: Engine, deployment: Deployment) -> None:
