@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from portfolio.core.model_cache import (
     CHAMPION,
@@ -35,7 +35,9 @@ from portfolio.core.model_cache import (
     remember_champion,
 )
 from portfolio.core.settings import Settings
-from portfolio.core.spec import ServiceSpec
+
+if TYPE_CHECKING:
+    from portfolio.core.spec import ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,10 @@ def resolve_and_fetch(
         when it is ``known`` or there is none). Raises ``RegistryUnavailable`` or
         ``ModelIntegrityError``.
     """
+    if retries == 0:  # a poll: when the alias has not moved, no child
+        told, version = _read_alias(settings, name, alias)
+        if told and version == known:
+            return version, None
     answer = _run_child(_request(settings, name=name, alias=alias, known=known, retries=retries))
     status = answer["status"]
     if status == "error":
@@ -130,6 +136,66 @@ def resolve_and_fetch(
         Path(answer["path"]),
     )
     return fetched.version, fetched
+
+
+def _read_alias(settings: Settings, name: str, alias: str) -> tuple[bool, str | None]:
+    """The alias's version read directly, without MLflow's client, for the common poll (every
+    ``model_poll_interval_s``, default 30 s): a child importing MLflow takes ~2-5 s of CPU each
+    time, this a few milliseconds. The SQLite store's ``registered_model_aliases`` table or the
+    tracking server's REST API (its ``MLFLOW_TRACKING_TOKEN`` or user and password).
+
+    Returns:
+        (True, the version or None when the alias does not exist), or (False, None) when this
+        cannot tell: another store, TLS or client-certificate settings, no answer, an unexpected
+        one. The child then asks through MLflow, with its retries, and says what went wrong.
+    """
+    unknown: tuple[bool, str | None] = (False, None)
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        import sqlite3
+
+        try:
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+                rows = db.execute(
+                    "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?", (name, alias)
+                ).fetchall()
+        except sqlite3.Error:
+            return unknown
+        if len(rows) > 1:  # one per workspace: which one is MLflow's to say
+            return unknown
+        return True, (str(rows[0][0]) if rows else None)
+    if uri.startswith(("http://", "https://")):
+        if any(
+            os.environ.get(k)
+            for k in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_CLIENT_CERT_PATH")
+        ):
+            return unknown
+        import httpx
+
+        headers, auth = {}, None
+        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            auth = (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+        verify = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() != "true"
+        try:
+            answer = httpx.get(
+                f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias",
+                params={"name": name, "alias": alias},
+                headers=headers,
+                auth=auth,
+                verify=verify,
+                timeout=10,
+            )
+            body = answer.json()
+        except (httpx.HTTPError, ValueError):
+            return unknown
+        if answer.status_code == 404 and body.get("error_code") == "RESOURCE_DOES_NOT_EXIST":
+            return True, None
+        version = body.get("model_version", {}).get("version") if answer.status_code == 200 else None
+        return (True, str(version)) if version is not None else unknown
+    return unknown
 
 
 def fetch_reference(settings: Settings, name: str, run_id: str | None, version: str) -> None:
@@ -172,7 +238,12 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
     from mlflow.exceptions import MlflowException
 
     from portfolio.core import registry
-    from portfolio.core.monitoring.reference import download_reference
+
+    def download_reference(name: str, settings: Settings, run_id: str | None, version: str) -> None:
+        # Imported only when a version is downloaded: a poll that finds it unchanged stays light.
+        from portfolio.core.monitoring.reference import download_reference
+
+        download_reference(name, settings, run_id, version)
 
     settings = Settings(**request["settings"])
     registry.configure(settings)

@@ -19,13 +19,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import skops.io as sio
-
-from portfolio.core.estimators import CORE_TRUSTED_TYPES
 from portfolio.core.settings import Settings
-from portfolio.core.spec import ServiceSpec
+
+if TYPE_CHECKING:
+    from portfolio.core.spec import ServiceSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +47,6 @@ BASE_TRUSTED_TYPES: tuple[str, ...] = (
     "numpy.dtypes.Int64DType",
     "numpy.dtypes.ObjectDType",
     "builtins.slice",
-    *CORE_TRUSTED_TYPES,
 )
 
 
@@ -61,7 +59,9 @@ class NoChampionError(LookupError):
 
 
 def trusted_types(spec: ServiceSpec) -> list[str]:
-    return sorted({*BASE_TRUSTED_TYPES, *spec.trusted_types})
+    from portfolio.core.estimators import CORE_TRUSTED_TYPES
+
+    return sorted({*BASE_TRUSTED_TYPES, *CORE_TRUSTED_TYPES, *spec.trusted_types})
 
 
 def sha256_file(path: Path) -> str:
@@ -142,6 +142,8 @@ def load_artifact(spec: ServiceSpec, path: Path, expected_sha: str | None) -> tu
             f"{spec.name}: checksum mismatch for {file} (expected {expected_sha[:12]}…, "
             f"got {actual[:12]}…): artifact refused"
         )
+    import skops.io as sio  # here: the registry child (core/fetch.py) never loads a model
+
     return sio.load(file, trusted=trusted_types(spec)), actual
 
 

@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -41,7 +42,9 @@ from portfolio.core.model_cache import (
     write_version_meta,
 )
 from portfolio.core.settings import Settings
-from portfolio.core.spec import ServiceSpec
+
+if TYPE_CHECKING:
+    from portfolio.core.spec import ServiceSpec
 
 __all__ = [
     "BASE_TRUSTED_TYPES",

@@ -80,7 +80,7 @@ class ChallengerHolder:
             return False
         predictor = Predictor(self.spec, load_fetched(self.spec, fetched))
         # The challenger is scored in groups of up to MAX_GROUP_ROWS: warm that path too.
-        predictor.warm_up()
+        predictor.warm_up(batch=True)
         self.predictor = predictor  # one reference swap: the scorer sees the old or the new one
         log.info("%s: shadowing @challenger v%s (was %s)", self.spec.name, predictor.version, current)
         return True

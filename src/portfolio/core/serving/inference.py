@@ -58,18 +58,25 @@ class Predictor:
     def compiled(self) -> bool:
         return self._fast is not None
 
-    def warm_up(self) -> None:
+    def warm_up(self, batch: bool = False) -> None:
         """Score the fields' documented example once, so the first request does not pay the
-        one-off costs of the fast path (the tree walk's compilation, about a second or
-        milliseconds from numba's disk cache; each booster's base margin, ~0.2 s), then as a
-        batch (its own walks: explanations of more than SMALL_BATCH_ROWS rows keep the rows'
-        paths). Servers call this at load, before they say ready; batch scoring never needs it."""
+        one-off costs of the fast path (each booster's base margin, ~0.2 s; for TelecomAI, whose
+        request is scored with its explanation's variants, the numba tree walk: about a second
+        to compile, milliseconds from numba's disk cache). Servers call this at load, before
+        they say ready; batch scoring never needs it.
+
+        ``batch``: also score the example as a batch (its own walks: explanations of more than
+        SMALL_BATCH_ROWS rows keep the rows' paths). Off for an API's champion: a one-row
+        request is walked in numpy (``fastpath.trees``), so a worker that only answers
+        ``/predict`` never loads numba's compiler (~110 MB per worker, issue 33); its first
+        batch pays numba's import and loading its cached walks instead (~0.5-1 s, once)."""
         if self._fast is None:
             return
         try:
             example = {f.name: f.example for f in self.spec.fields}
             self.predict_records([example])
-            self.predict_records([example] * (SMALL_BATCH_ROWS + 1))
+            if batch:
+                self.predict_records([example] * (SMALL_BATCH_ROWS + 1))
         except Exception as exc:  # an example the schema rejects costs only the first request's speed
             log.warning("%s v%s: warm-up prediction failed: %s", self.spec.name, self.version, exc)
 
