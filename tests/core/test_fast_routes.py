@@ -89,7 +89,7 @@ def test_requests_through_the_fast_route_are_counted(client: TestClient) -> None
             for family in text_string_to_metric_families(client.get("/metrics").text)
             for s in family.samples
             if s.name == "portfolio_requests_total"
-            and s.labels.get("endpoint") == "/predict"
+            and s.labels.get("handler") == "/predict"
             and s.labels.get("status") == "200"
         )
 

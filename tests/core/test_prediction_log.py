@@ -218,3 +218,27 @@ def test_cli_predict_logs_behind_the_option(bank_state: Settings, data_dir: Path
     for i in (0, 6, 299):
         assert by_row[i]["outputs"]["probability"] == pytest.approx(scored.loc[i, "probability"], abs=1e-12)
         assert by_row[i]["inputs"]["CreditScore"] == raw.loc[i, "CreditScore"]
+
+
+def test_cli_predict_log_keeps_the_retention(bank_state: Settings, data_dir: Path, tmp_path: Path) -> None:
+    """A CLI run configured like the API (PORTFOLIO_PREDICTION_LOG_RETENTION_DAYS) prunes old files."""
+    src = tmp_path / "in.csv"
+    pd.read_csv(data_dir / BANK.data_file, nrows=20).to_csv(src, index=False)
+    logs = tmp_path / "predictions"
+    (logs / "bankchurn").mkdir(parents=True)
+    old, recent = logs / "bankchurn" / "bankchurn-old.jsonl", logs / "bankchurn" / "bankchurn-recent.jsonl"
+    for f in (old, recent):
+        f.write_text("")
+    ten_days_ago = time.time() - 10 * 86400
+    os.utime(old, (ten_days_ago, ten_days_ago))
+    env = state_env(
+        bank_state, PORTFOLIO_PREDICTION_LOG_DIR=str(logs), PORTFOLIO_PREDICTION_LOG_RETENTION_DAYS="7"
+    )
+    res = CliRunner().invoke(
+        cli_app,
+        ["predict", "bankchurn", str(src), "-o", str(tmp_path / "o.csv"), "--log-predictions"],
+        env=env,
+    )
+    assert res.exit_code == 0, res.output
+    assert not old.exists() and recent.exists()
+    assert len(list(read_log(logs, "bankchurn"))) == 20

@@ -77,13 +77,7 @@ def predict(
     plog = None
     run_id = f"batch-{uuid.uuid4().hex}"
     if log_predictions:
-        plog = PredictionLog(
-            settings.resolved_prediction_log_dir,
-            predictor.spec.name,
-            sample=settings.prediction_log_sample,
-            max_bytes=settings.prediction_log_max_bytes,
-            queue_size=settings.prediction_log_queue,
-        )
+        plog = PredictionLog.from_settings(settings, predictor.spec.name)
     with Progress(
         TextColumn("scoring"),
         MofNCompleteColumn(),

@@ -46,12 +46,15 @@ import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter
 
 from portfolio.core.monitoring.queueing import RecordQueue
+
+if TYPE_CHECKING:  # settings import nothing from here; only the annotation needs it
+    from portfolio.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +118,30 @@ class PredictionLog:
         self._pruned_at = 0.0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, service: str, registry: CollectorRegistry | None = None
+    ) -> PredictionLog:
+        """The writer configured by ``PORTFOLIO_PREDICTION_LOG_*`` (the API's and the CLI's).
+
+        Args:
+            settings: The process's settings (folder, sample, size, queue, retention).
+            service: The service's name.
+            registry: Where the records counter is registered (None: a private one).
+
+        Returns:
+            A writer; nothing is started until it is.
+        """
+        return cls(
+            settings.resolved_prediction_log_dir,
+            service,
+            sample=settings.prediction_log_sample,
+            max_bytes=settings.prediction_log_max_bytes,
+            queue_size=settings.prediction_log_queue,
+            registry=registry,
+            retention_days=settings.prediction_log_retention_days,
+        )
 
     @property
     def enabled(self) -> bool:

@@ -44,15 +44,7 @@ class ServingContext:
         # Rolling window of recent inputs/scores; drift gauges are computed when /metrics is scraped.
         self.monitor = LiveMonitor(spec)
         self.metrics.registry.register(DriftCollector(spec.name, self.monitor))
-        self.prediction_log = PredictionLog(
-            settings.resolved_prediction_log_dir,
-            spec.name,
-            sample=settings.prediction_log_sample,
-            max_bytes=settings.prediction_log_max_bytes,
-            queue_size=settings.prediction_log_queue,
-            registry=self.metrics.registry,
-            retention_days=settings.prediction_log_retention_days,
-        )
+        self.prediction_log = PredictionLog.from_settings(settings, spec.name, self.metrics.registry)
         # PORTFOLIO_SHADOW: the @challenger scores the same records off the request path.
         self.shadow = (
             ShadowScorer(spec, settings, self.prediction_log, self.metrics.registry)
