@@ -104,3 +104,17 @@ def test_bad_arguments_are_named(settings: Settings, kwargs: dict, message: str)
     with pytest.raises(ValueError) as exc:
         repeated_cv(synthetic.REGRESSOR, settings, **args)
     assert message in str(exc.value)
+
+
+def test_a_selection_metric_outside_the_task_figures_leads_them_and_picks_the_best(
+    settings: Settings,
+) -> None:
+    import dataclasses
+
+    from portfolio.core.training.cv import best_estimate
+
+    spec = dataclasses.replace(synthetic.CLASSIFIER, selection_metric="accuracy")
+    est = repeated_cv(spec, settings, "logistic", {}, repeats=1, folds=3)
+    assert tuple(est.metrics) == ("accuracy", *CV_METRICS["classification"])
+    assert all(0.5 < v <= 1 for v in est.metrics["accuracy"])
+    assert best_estimate(spec, [est]) is est

@@ -99,10 +99,7 @@ def parse_target(spec: ServiceSpec, raw: pd.Series) -> pd.Series:
         The numeric targets; NaN where a value is unusable (a classifier's label outside {0, 1}
         is unusable, not a third class).
     """
-    y = pd.to_numeric(spec.encode_target(raw), errors="coerce")
-    if spec.task == "classification":
-        y = y.where(y.isin([0, 1]))
-    return y
+    return spec.strategy.usable_target(pd.to_numeric(spec.encode_target(raw), errors="coerce"))
 
 
 def load_training_data(spec: ServiceSpec, settings: Settings, path: Path | None = None) -> Dataset:
@@ -121,9 +118,7 @@ def load_training_data(spec: ServiceSpec, settings: Settings, path: Path | None 
     target_ok = y_numeric.notna()
     keep = result.valid_mask & target_ok
     X = result.frame.loc[keep]
-    y = y_numeric.loc[keep]
-    if spec.task == "classification":
-        y = y.astype(int)
+    y = spec.strategy.typed_target(y_numeric.loc[keep])
     cleaning = None
     if spec.clean_training is not None:
         frame = X.assign(**{spec.target: y})

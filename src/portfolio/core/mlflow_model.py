@@ -86,10 +86,7 @@ def input_schema(spec: ServiceSpec) -> Schema:
 
 
 def output_columns(spec: ServiceSpec) -> list[str]:
-    if spec.task == "classification":
-        return ["probability", "prediction", *spec.extra_output_columns, "error"]
-    t = spec.target
-    return [t, f"{t}_low", f"{t}_high", "error"]
+    return [*spec.strategy.output_columns(spec), "error"]
 
 
 def output_schema(frame: pd.DataFrame) -> Schema:

@@ -10,28 +10,13 @@ from typing import Any, Literal
 import pandas as pd
 from sklearn.base import BaseEstimator
 
+from portfolio.core.metrics import ThresholdPolicy
 from portfolio.core.schema import Field
+from portfolio.core.tasks import Task, task_named
 
-Task = Literal["classification", "regression"]
+__all__ = ["CleaningReport", "Companion", "ServiceSpec", "TaskName", "ThresholdPolicy"]
 
-
-@dataclass(frozen=True)
-class ThresholdPolicy:
-    """How a classifier's decision threshold is chosen on out-of-fold validation predictions.
-
-    ``max_f1``: the threshold that maximises F1.
-    ``max_accuracy``: the threshold that maximises accuracy (balanced costs of both errors).
-    ``min_recall``: the best-precision threshold among those reaching ``min_recall``.
-    ``recall_precision``: two targets that must both hold on unseen rows, ``min_recall`` and
-    ``min_precision``: the threshold whose smaller margin, counted in binomial standard errors
-    (recall over the positives, precision over the flagged rows), is largest. Where the two
-    trade off, this balances the two risks of missing a target on a new sample instead of
-    meeting one exactly and leaving no margin.
-    """
-
-    kind: Literal["max_f1", "max_accuracy", "min_recall", "recall_precision"] = "max_f1"
-    min_recall: float = 0.8
-    min_precision: float = 0.5
+TaskName = Literal["classification", "regression"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +49,7 @@ class Companion:
 class ServiceSpec:
     name: str
     title: str
-    task: Task
+    task: TaskName  # its behaviour: ``strategy`` (portfolio.core.tasks)
     data_file: str
     target: str
     fields: tuple[Field, ...]
@@ -111,10 +96,27 @@ class ServiceSpec:
     @property
     def primary_metric(self) -> str:
         """The metric that selects the candidate and decides the champion gate."""
-        if self.selection_metric:
-            return self.selection_metric
-        return "roc_auc" if self.task == "classification" else "rmse"
+        return self.selection_metric or self.strategy.default_metric
 
     @property
     def primary_higher_is_better(self) -> bool:
-        return self.task == "classification"
+        return self.strategy.higher_is_better
+
+    def prefers(self, new: float, current: float) -> bool:
+        """The rule of the champion gate, of the candidate selection and of the shadow comparison
+        (``portfolio promote --if-better``): ``new`` is not worse than ``current`` on the primary
+        metric (ties go to ``new``).
+
+        Args:
+            new: The new model's (challenger's, candidate's) primary metric.
+            current: The current one's (champion's, best so far), on the same rows or folds.
+
+        Returns:
+            True when ``new`` should replace ``current``.
+        """
+        return new >= current if self.primary_higher_is_better else new <= current
+
+    @property
+    def strategy(self) -> Task:
+        """What this service's task (``task``) does differently: ``portfolio.core.tasks``."""
+        return task_named(self.task)

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from portfolio.core.monitoring.reference import REFERENCE_ARTIFACT, DriftReference
@@ -34,10 +33,7 @@ def log_training_insights(
 
     from portfolio.core.explain.shapley import TREE_SHAP, explain_frame, global_importance
 
-    if spec.task == "classification":
-        scores = np.asarray(model.predict_proba(X_train)[:, 1], dtype=float)
-    else:
-        scores = np.asarray(model.predict(X_train), dtype=float)
+    scores = spec.strategy.scores(model, X_train)
     threshold = getattr(model, "threshold", None)
     ref = DriftReference.from_frame(
         spec,
@@ -52,9 +48,9 @@ def log_training_insights(
     rows = X_test[spec.feature_names].sample(min(len(X_test), 1000), random_state=seed)
     background = ref.sample_frame(spec)
     try:
-        exp = explain_frame(spec.task, model, rows, method=TREE_SHAP)
+        exp = explain_frame(spec.strategy, model, rows, method=TREE_SHAP)
     except ValueError:  # sampling: ~700 model rows per explained row, so fewer rows
-        exp = explain_frame(spec.task, model, rows.head(40), background=background, n_pairs=32, seed=seed)
+        exp = explain_frame(spec.strategy, model, rows.head(40), background=background, n_pairs=32, seed=seed)
     importance = global_importance(exp)
     mlflow.log_dict(
         {"method": exp.method, "rows": len(exp.values), "output": exp.output, "importance": importance},

@@ -32,13 +32,12 @@ def explain_record(
     X = typed_frame(pd.DataFrame([dict(record)]), spec.fields)
     try:
         exp = explain_frame(
-            spec.task, predictor.model, X, score=predictor.scores_frame, background=background
+            spec.strategy, predictor.model, X, score=predictor.scores_frame, background=background
         )
     except ValueError as exc:
         raise ReferenceUnavailable(f"cannot explain: {exc} ({why_none or 'no reference'})") from exc
     out = predictor.predict_records([dict(record)])[0]
-    if spec.task == "classification":
-        out["threshold"] = predictor.threshold
+    out.update(spec.strategy.constants(predictor.threshold))
     body = explanation_body(exp, X)
     for item in body["contributions"]:
         item["value"] = record.get(item["feature"])  # as sent (the typed frame has floats)

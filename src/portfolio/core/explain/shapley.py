@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio.core.explain.substitution import ReferenceProfile, find_step, logit
+from portfolio.core.explain.substitution import ReferenceProfile, find_step
+from portfolio.core.tasks import Task, task_named
 
 TREE_SHAP = "tree_shap"
 SAMPLING_SHAPLEY = "sampling_shapley"
@@ -59,10 +60,6 @@ class Explanations:
     @property
     def description(self) -> str:
         return EXPLAIN_METHODS[self.method]
-
-
-def _logit_exact(p: np.ndarray) -> np.ndarray:
-    return logit(p, eps=1e-15)
 
 
 def unwrap_estimator(model: Any) -> Any:
@@ -130,22 +127,17 @@ def column_sources(ct: Any) -> list[str] | None:
     return out
 
 
-def _tree_shap(task: str, model: Any, X: pd.DataFrame) -> Explanations | None:
+def _tree_shap(task: Task, model: Any, X: pd.DataFrame) -> Explanations | None:
     """Exact TreeSHAP when the model allows it (see above), else None."""
     from sklearn.compose import ColumnTransformer
-    from xgboost import DMatrix, XGBClassifier, XGBRegressor
+    from xgboost import DMatrix
 
     pipe = unwrap_estimator(model)
     steps = getattr(pipe, "steps", None)
     if not steps:
         return None
     final = steps[-1][1]
-    if task == "classification":
-        if not isinstance(final, XGBClassifier) or getattr(final, "n_classes_", 2) != 2:
-            return None
-        if final.get_xgb_params().get("objective") != "binary:logistic":
-            return None
-    elif not isinstance(final, XGBRegressor):
+    if not task.tree_booster(final):
         return None
     Xt: Any = X
     ct = None
@@ -175,9 +167,7 @@ def _tree_shap(task: str, model: Any, X: pd.DataFrame) -> Explanations | None:
         per_field[:, index[src]] += contribs[:, j]
     # The booster's own output in the explained scale: a mismatch (e.g. early stopping, a link
     # function) means TreeSHAP does not explain what the service returns → use sampling.
-    own = np.asarray(
-        final.predict(Xt, output_margin=True) if task == "classification" else final.predict(Xt), dtype=float
-    )
+    own = task.tree_output(final, Xt)
     residual = own - (contribs[:, -1] + per_field.sum(axis=1))
     if np.any(np.abs(residual) > 1e-4 * np.maximum(1.0, np.abs(own))):
         return None
@@ -185,7 +175,7 @@ def _tree_shap(task: str, model: Any, X: pd.DataFrame) -> Explanations | None:
     # is folded into the base value, so the contributions add up exactly to the returned output.
     return Explanations(
         TREE_SHAP,
-        "log_odds" if task == "classification" else "prediction",
+        task.explain_scale,
         contribs[:, -1] + residual,
         own,
         pd.DataFrame(per_field, columns=fields, index=X.index),
@@ -214,7 +204,7 @@ def sampling_shapley(
     X: pd.DataFrame,
     background: pd.DataFrame,
     *,
-    task: str,
+    task: Task | str,
     n_pairs: int = 64,
     seed: int = 0,
     block_rows: int = 50_000,
@@ -226,6 +216,7 @@ def sampling_shapley(
     the same orders and background rows for every explained row (one shared base value)."""
     if len(background) == 0:
         raise ValueError("the sampling explainer needs at least one background row")
+    strategy = task_named(task)
     cols = list(X.columns)
     background = background[cols].reset_index(drop=True)
     d = len(cols)
@@ -240,8 +231,7 @@ def sampling_shapley(
     mask = pos[:, None, :] < np.arange(d + 1)[None, :, None]  # (pairs, steps, fields)
 
     def to_scale(s: Any) -> np.ndarray:
-        s = np.asarray(s, dtype=float)
-        return _logit_exact(s) if task == "classification" else s
+        return strategy.to_explain_scale(np.asarray(s, dtype=float))
 
     per_row = pairs * (d + 1)
     rows_per_block = max(1, block_rows // per_row)
@@ -262,21 +252,19 @@ def sampling_shapley(
             values[start + i] = f[:, -1].mean()
     return Explanations(
         SAMPLING_SHAPLEY,
-        "log_odds" if task == "classification" else "prediction",
+        strategy.explain_scale,
         base,
         values,
         pd.DataFrame(contributions, columns=cols, index=X.index),
     )
 
 
-def _default_score(task: str, model: Any) -> Callable[[pd.DataFrame], Any]:
-    if task == "classification":
-        return lambda frame: np.asarray(model.predict_proba(frame)[:, 1], dtype=float)
-    return lambda frame: np.asarray(model.predict(frame), dtype=float)
+def _default_score(task: Task, model: Any) -> Callable[[pd.DataFrame], Any]:
+    return lambda frame: task.scores(model, frame)
 
 
 def explain_frame(
-    task: str,
+    task: Task | str,
     model: Any,
     X: pd.DataFrame,
     *,
@@ -292,6 +280,7 @@ def explain_frame(
     ``background`` rows (default: the pipeline's ReferenceProfile, when it has one)."""
     if method not in ("auto", TREE_SHAP, SAMPLING_SHAPLEY):
         raise ValueError(f"unknown explanation method {method!r}")
+    task = task_named(task)
     if method in ("auto", TREE_SHAP):
         exact = _tree_shap(task, model, X)
         if exact is not None:

@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from portfolio.core.fastpath.columns import SMALL_BATCH_ROWS, filled_like
+from portfolio.core.metrics import logit
 
 # Types of this module that skops may load (a spec using them lists these in ``trusted_types``).
 EXPLAIN_TRUSTED_TYPES: tuple[str, ...] = (
@@ -73,11 +74,6 @@ def find_step(model: Any, cls: type) -> Any | None:
         if found is not None:
             return found
     return None
-
-
-def logit(p: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), eps, 1 - eps)
-    return np.asarray(np.log(p / (1 - p)))
 
 
 Columns = dict[str, np.ndarray]

@@ -14,6 +14,7 @@ from sklearn.pipeline import Pipeline
 from portfolio.core.fastpath.columns import Columns, Matrix, NotCompilable, equal_to, filled_like
 from portfolio.core.fastpath.encoders import CompiledColumnTransformer, compile_column_transformer
 from portfolio.core.fastpath.trees import Scorer, compile_proba, compile_regressor
+from portfolio.core.tasks import Task, task_named
 
 
 # ------------------------------------------------------------------------------- pipelines
@@ -184,8 +185,9 @@ class CompiledPipeline:
         return self.encoder.patch(matrix[rows], varied, before, known)
 
 
-def compile_pipeline(pipe: Any, task: str) -> CompiledPipeline:
-    """A fitted (sklearn or imblearn) Pipeline → a callable: columns → scores."""
+def compile_pipeline(pipe: Any, task: Task | str) -> CompiledPipeline:
+    """A fitted (sklearn or imblearn) Pipeline → a callable: columns → scores (the task's: a
+    probability or a value)."""
     if not isinstance(pipe, Pipeline):  # imblearn's Pipeline subclasses sklearn's
         raise NotCompilable(f"model is a {type(pipe).__name__}, not a Pipeline")
     column_steps: list[Callable[[Columns], Columns]] = []
@@ -208,7 +210,8 @@ def compile_pipeline(pipe: Any, task: str) -> CompiledPipeline:
     if encoder is None:
         raise NotCompilable("no ColumnTransformer before the estimator")
     final = pipe.steps[-1][1]
-    model_fn = compile_proba(final) if task == "classification" else compile_regressor(final)
+    probability = task_named(task).score_kind == "probability"
+    model_fn = compile_proba(final) if probability else compile_regressor(final)
     return CompiledPipeline(column_steps, encoder, model_fn, derived_from)
 
 

@@ -43,6 +43,7 @@ from portfolio.core.monitoring.reference import (
 )
 from portfolio.core.schema import Field
 from portfolio.core.spec import ServiceSpec
+from portfolio.core.tasks import Task, task_named
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,9 @@ def compare_feature(
     }
 
 
-def compare_predictions(pred_profile: Mapping[str, Any], scores: np.ndarray, task: str) -> dict[str, Any]:
+def compare_predictions(
+    pred_profile: Mapping[str, Any], scores: np.ndarray, task: Task | str
+) -> dict[str, Any]:
     """Prediction drift (reported, not part of ``drift_detected``: it follows from input drift)."""
     s = np.asarray(scores, dtype=float)
     labels, ref_counts, cur_counts = bin_counts(pred_profile, s)
@@ -176,7 +179,7 @@ def compare_predictions(pred_profile: Mapping[str, Any], scores: np.ndarray, tas
         "current_share": (cur_counts / max(cur_counts.sum(), 1)).round(6).tolist(),
     }
     threshold = pred_profile.get("threshold")
-    if task == "classification" and threshold is not None:
+    if task_named(task).thresholded and threshold is not None:
         out["reference_positive_rate"] = pred_profile.get("positive_rate")
         out["current_positive_rate"] = float(np.mean(s >= threshold)) if len(s) else None
     return out
@@ -227,5 +230,5 @@ def drift_report(
     }
     pred = reference.data.get("prediction")
     if scores is not None and pred is not None:
-        report["prediction"] = compare_predictions(pred, scores, spec.task)
+        report["prediction"] = compare_predictions(pred, scores, spec.strategy)
     return report

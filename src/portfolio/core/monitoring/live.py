@@ -138,9 +138,9 @@ class LiveMonitor:
                 result["prediction"][f"q{q}"] = float(np.nanquantile(scores, q))
         if ref is not None and rows:
             pred = ref.data.get("prediction") or {}
-            threshold = pred.get("threshold")
-            if self.spec.task == "classification" and threshold is not None:
-                result["prediction"]["positive_rate"] = float(np.mean(scores >= threshold))
+            rate = self.spec.strategy.positive_rate(scores, pred.get("threshold"))
+            if rate is not None:
+                result["prediction"]["positive_rate"] = rate
             if pred:
                 result["prediction"]["psi"] = psi(*bin_counts(pred, scores)[1:])
             enough = rows >= self.thresholds.min_rows

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from portfolio.core import metrics as mx
 from portfolio.core.monitoring.feedback import read_labels
 from portfolio.core.monitoring.predictions import read_log
 from portfolio.core.spec import ServiceSpec
@@ -90,19 +91,8 @@ def realized_metrics(
     Returns:
         metric → {value, ci_low, ci_high}.
     """
-    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
-
     y = np.array([r["y"] for r in rows], dtype=float)
-    outs = [r["outputs"] for r in rows]
-    if spec.task == "classification":
-        proba = np.array([o["probability"] for o in outs], dtype=float)
-        threshold = float(outs[-1]["threshold"])
-        return ev.evaluate_classifier(y.astype(int), proba, threshold, rounds, seed)
-    t = spec.target
-    pred = np.array([o[t] for o in outs], dtype=float)
-    low = np.array([o[f"{t}_low"] for o in outs], dtype=float)
-    high = np.array([o[f"{t}_high"] for o in outs], dtype=float)
-    metrics = ev.evaluate_regressor(y, pred, low, high, rounds, seed)
+    metrics = spec.strategy.realized_metrics(spec, y, [r["outputs"] for r in rows], rounds, seed)
     return {_name(k): v for k, v in metrics.items()}
 
 
@@ -139,7 +129,7 @@ def compare_on_same_rows(
     """Champion and challenger on the same labelled records: both versions' metrics with 95%
     bootstrap intervals, the paired difference of the primary metric (challenger - champion, one
     resample of the rows for both) and the champion gate's verdict on these rows
-    (``train.gate_prefers``: the challenger's primary metric is not worse).
+    (``ServiceSpec.prefers``: the challenger's primary metric is not worse).
 
     Args:
         spec: The service.
@@ -151,8 +141,6 @@ def compare_on_same_rows(
         The comparison: versions, ``rows``, ``champion``/``challenger`` metrics, ``difference``,
         ``challenger_wins`` and ``reason``.
     """
-    from portfolio.core.training.train import gate_prefers
-
     served = [s for s, _ in pairs]
     shadow = [c for _, c in pairs]
     champion = realized_metrics(spec, served, rounds, seed)
@@ -175,7 +163,7 @@ def compare_on_same_rows(
             "challenger_wins": False,
             "reason": f"{metric} cannot be computed on these {len(pairs)} rows (one class only?)",
         }
-    wins = gate_prefers(spec, b, a)
+    wins = spec.prefers(b, a)
     word = "not worse than" if wins else "worse than"
     return result | {
         "challenger_wins": wins,
@@ -187,36 +175,13 @@ def compare_on_same_rows(
 def _paired_difference(
     spec: ServiceSpec, served: list[dict[str, Any]], shadow: list[dict[str, Any]], rounds: int, seed: int
 ) -> dict[str, float]:
-    from portfolio.core.training import evaluation as ev  # matplotlib: not in an API's imports
-
     metric = spec.primary_metric
     y = np.array([r["y"] for r in served], dtype=float)
-    if spec.task == "classification":
-        a = np.array([r["outputs"]["probability"] for r in served], dtype=float)
-        b = np.array([r["outputs"]["probability"] for r in shadow], dtype=float)
-        ta, tb = float(served[-1]["outputs"]["threshold"]), float(shadow[-1]["outputs"]["threshold"])
-        yi = y.astype(int)
-
-        def diff(i: np.ndarray) -> dict[str, float]:
-            return {
-                "d": ev.classification_metrics(yi[i], b[i], tb)[metric]
-                - ev.classification_metrics(yi[i], a[i], ta)[metric]
-            }
-
-        stratify: np.ndarray | None = yi
-    else:
-        t = spec.target
-        a = np.array([r["outputs"][t] for r in served], dtype=float)
-        b = np.array([r["outputs"][t] for r in shadow], dtype=float)
-
-        def diff(i: np.ndarray) -> dict[str, float]:
-            return {
-                "d": ev.regression_metrics(y[i], b[i])[metric] - ev.regression_metrics(y[i], a[i])[metric]
-            }
-
-        stratify = None
+    diff, stratify = spec.strategy.metric_difference(
+        spec, metric, y, [r["outputs"] for r in served], [r["outputs"] for r in shadow]
+    )
     every = np.arange(len(y))
-    low, high = ev.bootstrap_intervals(diff, len(y), rounds, seed, stratify)["d"]
+    low, high = mx.bootstrap_intervals(diff, len(y), rounds, seed, stratify)["d"]
     return {"value": diff(every)["d"], "ci_low": low, "ci_high": high}
 
 
@@ -247,15 +212,13 @@ def holdout_metrics(service: str, version: str) -> dict[str, dict[str, float]] |
     """The hold-out metrics a registered version's training run logged (None when unreachable)."""
     from mlflow.tracking import MlflowClient
 
-    from portfolio.core.training import evaluation as ev
-
     try:
         client = MlflowClient()
         run_id = client.get_model_version(service, version).run_id
         flat = client.get_run(run_id).data.metrics if run_id else {}
     except Exception:
         return None
-    return {_name(k): v for k, v in ev.unflatten("test", flat).items()} or None
+    return {_name(k): v for k, v in mx.unflatten("test", flat).items()} or None
 
 
 def degraded(

@@ -245,7 +245,9 @@ class DriftReference:
         }
         if scores is not None:
             s = np.asarray(scores, dtype=float)
-            pred = _numeric_profile(s) if spec.task == "regression" else _score_profile(s)
+            # Probabilities are profiled on [0, 1]; values on their own range.
+            probability = spec.strategy.score_kind == "probability"
+            pred = _score_profile(s) if probability else _numeric_profile(s)
             pred["threshold"] = threshold
             if threshold is not None:
                 pred["positive_rate"] = float(np.mean(s >= threshold))

@@ -8,7 +8,6 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -55,7 +54,7 @@ class ServingContext:
         self.metrics.registry.register(
             RealizedCollector(spec.name, latest_path(settings.resolved_prediction_log_dir, spec.name))
         )
-        self.score_key = "probability" if spec.task == "classification" else spec.target
+        self.score_key = spec.strategy.score_column(spec)
         self.Record: type[BaseModel] = request_model(f"{spec.name.title()}Record", spec.fields)
         self.Batch: type[BaseModel] = create_model(  # type: ignore[call-overload]
             f"{spec.name.title()}Batch",
@@ -128,19 +127,9 @@ class ServingContext:
             One output dict per record, with the model version (and threshold for classifiers).
         """
         out = p.predict_columns(None, explain, values)
-        constants: dict[str, Any] = {"model_version": p.version}
-        if self.spec.task == "classification":
-            constants["threshold"] = p.threshold
-            predictions = out["prediction"]
-            if len(predictions) <= 64:  # a request: a loop costs less than np.unique (~1 vs 5 µs)
-                tally: dict[str, int] = {}
-                for label in map(str, predictions.tolist()):
-                    tally[label] = tally.get(label, 0) + 1
-            else:
-                labels, counts = np.unique(predictions, return_counts=True)
-                tally = {str(k): int(n) for k, n in zip(labels.tolist(), counts.tolist(), strict=True)}
-        else:
-            tally = {"price": count}
+        task = self.spec.strategy
+        constants: dict[str, Any] = {"model_version": p.version, **task.constants(p.threshold)}
+        tally = task.label_counts(out, count)
         for label, n in tally.items():  # one increment per label, not per record (a batch: 1,000)
             counter = self._prediction_counters.get(label)
             if counter is None:

@@ -48,7 +48,7 @@ class Predictor:
         self.inference = "pipeline (compilation disabled)"
         if compile:
             try:
-                self._fast = compile_pipeline(unwrap(self.model), spec.task)
+                self._fast = compile_pipeline(unwrap(self.model), spec.strategy)
                 self.inference = "compiled"
             except NotCompilable as exc:
                 self.inference = f"pipeline (not compilable: {exc})"
@@ -82,16 +82,11 @@ class Predictor:
 
     @property
     def output_columns(self) -> list[str]:
-        if self.spec.task == "classification":
-            return ["probability", "prediction", *self.spec.extra_output_columns]
-        t = self.spec.target
-        return [t, f"{t}_low", f"{t}_high"]
+        return self.spec.strategy.output_columns(self.spec)
 
     # -- scores ---------------------------------------------------------------------------------
     def _pipeline_scores(self, X: pd.DataFrame) -> np.ndarray:
-        if self.spec.task == "classification":
-            return np.asarray(self.model.predict_proba(X)[:, 1], dtype=float)
-        return np.asarray(self.model.predict(X), dtype=float)
+        return self.spec.strategy.scores(self.model, X)
 
     def scores_columns(self, cols: Columns) -> np.ndarray:
         """P(positive) or the point prediction for typed field columns (``fastpath.columns.to_columns``)."""
@@ -126,26 +121,7 @@ class Predictor:
     def _outputs(self, cols: Columns, explain: bool = True) -> dict[str, Any]:
         """Every output column for typed field columns; ``explain=False`` skips the service's
         per-row explanations (their columns hold None)."""
-        spec = self.spec
-        if spec.task == "regression":
-            scores = self.scores_columns(cols)
-            low, high = self.model.interval_from_point(scores)
-            t = spec.target
-            return {t: scores, f"{t}_low": low, f"{t}_high": high}
-        assert self.threshold is not None
-        extra: dict[str, Any] | None = None
-        if spec.extra_outputs is not None and spec.extra_outputs_score:
-            extra = dict(spec.extra_outputs(cols, None, self, explain=explain))
-            scores = np.asarray(extra.pop("probability"), dtype=np.float64)
-        else:
-            scores = self.scores_columns(cols)
-            if spec.extra_outputs is not None:
-                extra = dict(spec.extra_outputs(cols, scores, self, explain=explain))
-        out: dict[str, Any] = {"probability": scores, "prediction": (scores >= self.threshold).astype(int)}
-        if extra is not None:
-            for col in spec.extra_output_columns:
-                out[col] = np.asarray(extra[col])
-        return out
+        return self.spec.strategy.outputs(self, cols, explain)
 
     def predict_frame(self, typed: pd.DataFrame, explain: bool = True) -> pd.DataFrame:
         """Batch path: rows already validated and typed (``schema.validate_frame``)."""
@@ -283,8 +259,13 @@ class ModelHolder:
         self._thread = threading.Thread(target=self._run, name=f"{self.spec.name}-loader", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the loader and wait for it (bounded): a load still under way would otherwise go on
+        after shutdown, and loading points MLflow's process-wide tracking URI at this holder's
+        store, under whatever else the process does next (another app, a training run)."""
         self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         delay = max(self.settings.model_load_backoff_s, 0.1)

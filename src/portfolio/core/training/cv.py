@@ -27,18 +27,14 @@ from typing import Any
 import numpy as np
 
 from portfolio.core.data import load_training_data
-from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
-from portfolio.core.training import evaluation as ev
+from portfolio.core.tasks import TASKS
 from portfolio.core.training.learning_curve import format_figure
 from portfolio.core.training.train import Progress, cross_validate, cv_splitter, no_progress
 
 # Reported per task, in this order (the primary metric first).
-CV_METRICS = {
-    "classification": ("roc_auc", "pr_auc", "f1", "recall", "precision", "threshold"),
-    "regression": ("rmse", "r2", "mae", "coverage", "interval_width"),
-}
+CV_METRICS = {name: task.cv_metrics for name, task in TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -124,17 +120,9 @@ def fold_metrics(
         test_rows: rows they are measured on (disjoint from ``fit_rows``).
 
     Returns:
-        ``CV_METRICS[spec.task]`` for the test rows.
+        ``spec.strategy.reported_cv_metrics(spec)`` for the test rows.
     """
-    if spec.task == "classification":
-        threshold = ev.choose_threshold(y[fit_rows], oof[fit_rows], spec.threshold_policy)
-        metrics = ev.classification_metrics(y[test_rows], oof[test_rows], threshold)
-        metrics["threshold"] = threshold
-    else:
-        q = conformal_log_quantiles(y[fit_rows], oof[fit_rows], spec.interval_coverage)
-        low, high = IntervalRegressor(None, *q).interval_from_point(oof[test_rows])
-        metrics = ev.regression_metrics(y[test_rows], oof[test_rows], low, high)
-    return {m: float(metrics[m]) for m in CV_METRICS[spec.task]}
+    return spec.strategy.fold_metrics(spec, y, oof, fit_rows, test_rows)
 
 
 def repeated_cv(
@@ -172,7 +160,7 @@ def repeated_cv(
         raise ValueError(f"folds must be at least 2, got {k}")
     ds = load_training_data(spec, settings, data_path)
     y = ds.y.to_numpy()
-    values: dict[str, list[float]] = {m: [] for m in CV_METRICS[spec.task]}
+    values: dict[str, list[float]] = {m: [] for m in spec.strategy.reported_cv_metrics(spec)}
     for r in range(repeats):
         run = settings.model_copy(update={"seed": settings.seed + r, "cv_folds": k})
         done = r * k

@@ -157,7 +157,8 @@ def log_fairness(
 ) -> dict[str, Any] | None:
     """Compute the report for a classifier with ``fairness_groups`` and log it to the active MLflow
     run (``fairness.json`` + flat metrics). None when it does not apply."""
-    if spec.task != "classification" or not spec.fairness_groups or threshold is None or proba is None:
+    # A regressor has neither probabilities nor a threshold.
+    if not spec.fairness_groups or threshold is None or proba is None:
         return None
     import mlflow
 

@@ -26,10 +26,11 @@ from sklearn.model_selection import train_test_split
 from portfolio.core.data import load_training_data
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
+from portfolio.core.tasks import TASKS
 from portfolio.core.training.train import Progress, no_progress, score_metrics, score_rows
 
 # Metrics that need no decision threshold, per task (first: the service's primary metric).
-CURVE_METRICS = {"classification": ("roc_auc", "pr_auc"), "regression": ("rmse", "r2", "mae")}
+CURVE_METRICS = {name: task.curve_metrics for name, task in TASKS.items()}
 
 
 @dataclass(frozen=True)
@@ -131,8 +132,8 @@ def learning_curve(
     fracs = _check(fractions, repeats, test_fraction)
     ds = load_training_data(spec, settings, data_path)
     X, y = ds.X, ds.y.to_numpy()
-    names = CURVE_METRICS[spec.task]
-    classify = spec.task == "classification"
+    names = spec.strategy.curve_metrics
+    classify = spec.strategy.stratified
     values: dict[float, dict[str, list[float]]] = {f: {m: [] for m in names} for f in fracs}
     for r in range(repeats):
         seed = settings.seed + r

@@ -3,7 +3,7 @@ SERVICE --when drift|performance|always``.
 
 ``promote_if_better`` moves ``@champion`` to the ``@challenger`` only when the challenger wins on
 the labelled records both versions scored (the shadow lines of the prediction log), by the champion
-gate's own rule (``train.gate_prefers``: its primary metric is not worse than the champion's on the
+gate's own rule (``ServiceSpec.prefers``: its primary metric is not worse than the champion's on the
 same rows). The challenger alias is then removed (it is the champion). Its ``code``:
 
 - 0: promoted;

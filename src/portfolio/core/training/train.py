@@ -26,15 +26,12 @@ import yaml
 from sklearn.base import BaseEstimator
 from sklearn.inspection import permutation_importance
 from sklearn.model_selection import (
-    FixedThresholdClassifier,
-    KFold,
-    StratifiedKFold,
     train_test_split,
 )
 
 from portfolio.core import mlflow_model, registry
 from portfolio.core.data import Dataset, load_training_data, read_raw_csv
-from portfolio.core.estimators import IntervalRegressor, conformal_log_quantiles
+from portfolio.core.estimators import conformal_log_quantiles
 from portfolio.core.explain.insights import log_training_insights
 from portfolio.core.serving.batch import BatchReport, score_chunk
 from portfolio.core.serving.inference import Predictor
@@ -70,17 +67,13 @@ def load_params(service: str, settings: Settings) -> dict[str, Any]:
 
 def score_rows(spec: ServiceSpec, est: BaseEstimator, X: pd.DataFrame) -> np.ndarray:
     """A fitted candidate's scores: the positive-class probability, or the prediction."""
-    if spec.task == "classification":
-        return np.asarray(est.predict_proba(X)[:, 1], dtype=float)  # type: ignore[attr-defined]
-    return np.asarray(est.predict(X), dtype=float)  # type: ignore[attr-defined]
+    return spec.strategy.scores(est, X)
 
 
 def score_metrics(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     """Point metrics of ``score_rows`` output (classifiers at threshold 0.5: only the
     threshold-free ones, ROC-AUC and PR-AUC, are meant to be read)."""
-    if spec.task == "classification":
-        return ev.classification_metrics(y, scores, 0.5)
-    return ev.regression_metrics(y, scores)
+    return spec.strategy.point_metrics(y, scores)
 
 
 def _fold_score(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> float:
@@ -90,9 +83,7 @@ def _fold_score(spec: ServiceSpec, y: np.ndarray, scores: np.ndarray) -> float:
 def cv_splitter(spec: ServiceSpec, settings: Settings) -> Any:
     """The folds ``cross_validate`` uses: stratified for classifiers, ``settings.cv_folds`` of
     them, shuffled with ``settings.seed``."""
-    if spec.task == "classification":
-        return StratifiedKFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
-    return KFold(settings.cv_folds, shuffle=True, random_state=settings.seed)
+    return spec.strategy.splitter(settings.cv_folds, settings.seed)
 
 
 def cross_validate(
@@ -118,26 +109,6 @@ def cross_validate(
     return CandidateResult(name, oof, fold_scores)
 
 
-def _better(spec: ServiceSpec, a: float, b: float) -> bool:
-    """Is score ``a`` at least as good as ``b`` on the primary metric?"""
-    return a >= b if spec.primary_higher_is_better else a <= b
-
-
-def gate_prefers(spec: ServiceSpec, new: float, current: float) -> bool:
-    """The champion gate's rule, for other callers (``portfolio promote --if-better``): the new
-    model's primary metric is not worse than the current champion's on the same rows.
-
-    Args:
-        spec: The service (its primary metric's direction).
-        new: The new model's (challenger's) primary metric.
-        current: The champion's, on the same rows.
-
-    Returns:
-        True when the new model should become the champion.
-    """
-    return _better(spec, new, current)
-
-
 def _git_commit(settings: Settings) -> str:
     try:
         out = subprocess.run(
@@ -155,21 +126,14 @@ def _git_commit(settings: Settings) -> str:
 
 def predict_scores(spec: ServiceSpec, model: Any, X: pd.DataFrame) -> dict[str, np.ndarray]:
     """Everything an evaluation needs from a fitted, wrapped model."""
-    if spec.task == "classification":
-        return {"proba": np.asarray(model.predict_proba(X)[:, 1], dtype=float)}
-    point, low, high = model.predict_interval(X)
-    return {"pred": point, "low": low, "high": high}
+    return spec.strategy.holdout_scores(model, X)
 
 
 def evaluate_model(
     spec: ServiceSpec, model: Any, X: pd.DataFrame, y: np.ndarray, settings: Settings
 ) -> dict[str, dict[str, float]]:
-    s = predict_scores(spec, model, X)
-    if spec.task == "classification":
-        return ev.evaluate_classifier(
-            y, s["proba"], float(model.threshold), settings.bootstrap_rounds, settings.seed
-        )
-    return ev.evaluate_regressor(y, s["pred"], s["low"], s["high"], settings.bootstrap_rounds, settings.seed)
+    scores = predict_scores(spec, model, X)
+    return spec.strategy.evaluate(model, scores, y, settings.bootstrap_rounds, settings.seed)
 
 
 def fit_final(
@@ -177,19 +141,8 @@ def fit_final(
 ) -> Any:
     """The chosen candidate wrapped with its out-of-fold threshold (classification) or interval
     quantiles (regression), fitted on ``X``, ``y``."""
-    if spec.task == "classification":
-        assert best.threshold is not None
-        return FixedThresholdClassifier(
-            spec.candidates[best.name](params),
-            threshold=best.threshold,
-            response_method="predict_proba",
-        ).fit(X, y)
-    assert best.quantiles is not None
-    return IntervalRegressor(
-        spec.candidates[best.name](params),
-        *best.quantiles,
-        coverage=spec.interval_coverage,
-    ).fit(X, y)
+    estimator = spec.candidates[best.name](params)
+    return spec.strategy.wrap(spec, estimator, best).fit(X, y)
 
 
 def _refit_interval_coverage(spec: ServiceSpec, params: Mapping[str, Any], refit_full: bool) -> float | None:
@@ -198,7 +151,7 @@ def _refit_interval_coverage(spec: ServiceSpec, params: Mapping[str, Any], refit
     value = params.get("refit_interval_coverage")
     if value is None:
         return None
-    if spec.task != "regression" or not refit_full:
+    if not spec.strategy.interval or not refit_full:
         raise ValueError(f"{spec.name}: refit_interval_coverage needs a regressor with refit_full: true")
     if not isinstance(value, int | float) or not 0 < float(value) < 1:
         raise ValueError(f"{spec.name}: refit_interval_coverage must be a number in (0, 1), not {value!r}")
@@ -208,9 +161,12 @@ def _refit_interval_coverage(spec: ServiceSpec, params: Mapping[str, Any], refit
 def split(spec: ServiceSpec, ds: Dataset, settings: Settings) -> tuple[Any, Any, Any, Any]:
     """The stratified hold-out. Same seed, same data → same split, so the gate compares a new
     model and the champion on identical rows."""
-    strat = ds.y if spec.task == "classification" else None
     return train_test_split(
-        ds.X, ds.y, test_size=settings.test_size, random_state=settings.seed, stratify=strat
+        ds.X,
+        ds.y,
+        test_size=settings.test_size,
+        random_state=settings.seed,
+        stratify=spec.strategy.stratify(ds.y),
     )
 
 
@@ -347,17 +303,8 @@ def select_candidate(
         with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True):
             p = dict(cand_params.get(name) or {})
             res = cross_validate(spec, name, p, X_train, y_train, settings, progress)
-            if spec.task == "classification":
-                res.threshold = ev.choose_threshold(y_tr, res.oof, spec.threshold_policy)
-                res.cv_metrics = ev.evaluate_classifier(
-                    y_tr, res.oof, res.threshold, settings.bootstrap_rounds, settings.seed
-                )
-            else:
-                res.quantiles = conformal_log_quantiles(y_tr, res.oof, spec.interval_coverage)
-                low, high = IntervalRegressor(None, *res.quantiles).interval_from_point(res.oof)
-                res.cv_metrics = ev.evaluate_regressor(
-                    y_tr, res.oof, low, high, settings.bootstrap_rounds, settings.seed
-                )
+            rule = spec.strategy.calibrate(spec, y_tr, res.oof, settings.bootstrap_rounds, settings.seed)
+            res.cv_metrics, res.threshold, res.quantiles = rule.metrics, rule.threshold, rule.quantiles
             mlflow.log_params({f"{k}": v for k, v in p.items()})
             mlflow.log_metrics(ev.flatten("cv", res.cv_metrics))
             mlflow.log_metric(f"cv_{spec.primary_metric}_fold_mean", res.primary)
@@ -365,7 +312,7 @@ def select_candidate(
             results[name] = res
     best = results[next(iter(results))]
     for res in results.values():
-        if not _better(spec, best.primary, res.primary):
+        if not spec.prefers(best.primary, res.primary):
             best = res
     return results, best
 
@@ -389,19 +336,12 @@ def evaluate_and_log(
     y_te = y_test.to_numpy()
     test = evaluate_model(spec, model, X_test, y_te, settings)
     scores = predict_scores(spec, model, X_test)
-    if spec.task == "classification":
-        plots = ev.classification_plots(
-            y_te, scores["proba"], float(model.threshold), tmp / "plots", spec.title
-        )
-        scoring = "roc_auc"
-    else:
-        plots = ev.regression_plots(y_te, scores["pred"], tmp / "plots", spec.title)
-        scoring = "neg_root_mean_squared_error"
+    plots = ev.evaluation_plots(spec.strategy, model, y_te, scores, tmp / "plots", spec.title)
     imp = permutation_importance(
         model,
         X_test,
         y_test,
-        scoring=scoring,
+        scoring=spec.strategy.importance_scoring,
         n_repeats=5,
         random_state=settings.seed,
         n_jobs=1,
@@ -484,19 +424,16 @@ def log_served_model(
             "final_fit_rows": len(fit_X),
         }
     )
-    if spec.task == "classification":
-        mlflow.log_param("threshold", best.threshold)
-    else:
-        assert best.quantiles is not None and served_best.quantiles is not None
-        mlflow.log_params({"interval_q_low": best.quantiles[0], "interval_q_high": best.quantiles[1]})
-        if refit_coverage is not None:
-            mlflow.log_params(
-                {
-                    "refit_interval_coverage": refit_coverage,
-                    "served_interval_q_low": served_best.quantiles[0],
-                    "served_interval_q_high": served_best.quantiles[1],
-                }
-            )
+    mlflow.log_params(spec.strategy.decision_params(best.threshold, best.quantiles))
+    if refit_coverage is not None:
+        assert served_best.quantiles is not None
+        mlflow.log_params(
+            {
+                "refit_interval_coverage": refit_coverage,
+                "served_interval_q_low": served_best.quantiles[0],
+                "served_interval_q_high": served_best.quantiles[1],
+            }
+        )
     mlflow.log_metrics({**ev.flatten("cv", best.cv_metrics), **ev.flatten("test", evaluation.test)})
     mlflow.set_tags(
         {
@@ -625,7 +562,7 @@ def champion_gate(
                 else "it may have been trained on some of these hold-out rows"
             )
             note += f"; its training run used a different {', '.join(differs)}: {why}"
-    if champ_score is None or _better(spec, new_score, champ_score):
+    if champ_score is None or spec.prefers(new_score, champ_score):
         registry.set_alias(spec.name, registry.CHAMPION, new_version)
         return result | {"alias": registry.CHAMPION, "reason": f"{metric} not worse than champion ({note})"}
     registry.set_alias(spec.name, registry.CHALLENGER, new_version)
