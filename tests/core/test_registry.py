@@ -128,3 +128,27 @@ def test_refit_versions_report_their_split_twins_holdout_metric() -> None:
     assert registry.logged_holdout_metric(tags, "f1") is None
     tags[registry.REFIT_TAG] = "false"
     assert registry.logged_holdout_metric(tags, "roc_auc") is None
+
+
+def test_the_workers_direct_alias_read_agrees_with_mlflow(synth_versions: Settings) -> None:
+    """A running API polls its aliases without MLflow's client (core/fetch.py ``_read_alias``):
+    on the SQLite store it reads what the client reads, a missing alias included; a tracking
+    server that does not answer leaves the answer to the child (no guess)."""
+    from portfolio.core.fetch import _read_alias, resolve_and_fetch
+    from portfolio.core.processes import free_port
+
+    registry.configure(synth_versions)
+    assert _read_alias(synth_versions, NAME, registry.CHAMPION) == (True, "1")
+    assert _read_alias(synth_versions, NAME, registry.CHALLENGER) == (True, None)
+    assert _read_alias(synth_versions, "no-such-model", registry.CHAMPION) == (True, None)
+    try:
+        registry.set_alias(NAME, registry.CHAMPION, 2)
+        assert _read_alias(synth_versions, NAME, registry.CHAMPION) == (True, "2")
+        # A poll that finds the alias moved fetches the new version through the child.
+        version, fetched = resolve_and_fetch(synth_versions, NAME, registry.CHAMPION, known="1")
+        assert version == "2" and fetched is not None and fetched.path.is_dir()
+        assert fetched.sha256 == registry.version_tags(NAME, 2)["sha256"]
+    finally:
+        registry.set_alias(NAME, registry.CHAMPION, 1)
+    dead = synth_versions.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
+    assert _read_alias(dead, NAME, registry.CHAMPION) == (False, None)

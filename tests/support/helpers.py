@@ -44,9 +44,11 @@ def ensure_apt(binary: str, package: str) -> str:
     return found
 
 
-def wait_ready(client: Any, timeout_s: float = 30.0) -> None:
+def wait_ready(client: Any, timeout_s: float = 120.0) -> None:
     """Wait until an in-process API (a TestClient) says ready; fail, with its /ready body, when it
-    never does (a test must not go on against a service without a model)."""
+    never does (a test must not go on against a service without a model). The model comes
+    through a child process that imports MLflow (core/fetch.py): seconds, tens of them when
+    the machine is loaded."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if client.get("/ready").status_code == 200:

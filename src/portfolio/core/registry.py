@@ -7,58 +7,63 @@ default, or a real ``mlflow server`` when ``MLFLOW_TRACKING_URI`` says so.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import shutil
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING
 
 import mlflow
-import skops.io as sio
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from portfolio.core.estimators import CORE_TRUSTED_TYPES
+# The MLflow-free half (local cache, safe loading) lives in model_cache, which API workers use
+# alone; re-exported here for every other caller.
+from portfolio.core.model_cache import (
+    BASE_TRUSTED_TYPES,
+    CHALLENGER,
+    CHAMPION,
+    MODEL_FILE,
+    LoadedModel,
+    ModelIntegrityError,
+    NoChampionError,
+    cache_dir,
+    cached_model_file,
+    load_artifact,
+    load_cached_champion,
+    model_file_in,
+    remember_champion,
+    sha256_file,
+    trusted_types,
+    with_retries,
+    write_version_meta,
+)
 from portfolio.core.settings import Settings
-from portfolio.core.spec import ServiceSpec
+
+if TYPE_CHECKING:
+    from portfolio.core.spec import ServiceSpec
+
+__all__ = [
+    "BASE_TRUSTED_TYPES",
+    "CHALLENGER",
+    "CHAMPION",
+    "MODEL_FILE",
+    "LoadedModel",
+    "ModelIntegrityError",
+    "NoChampionError",
+    "cached_model_file",
+    "load_artifact",
+    "load_cached_champion",
+    "model_file_in",
+    "sha256_file",
+    "trusted_types",
+    "with_retries",
+]
 
 log = logging.getLogger(__name__)
-
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-MODEL_FILE = "model.skops"
-T = TypeVar("T")
-
-# scikit-learn/xgboost/imblearn types that appear inside our pipelines. skops trusts most of
-# scikit-learn already; these are the extra names it asks about. The list lives in code, never in
-# the artifact, so a tampered model cannot widen it.
-BASE_TRUSTED_TYPES: tuple[str, ...] = (
-    "xgboost.core.Booster",
-    "xgboost.sklearn.XGBClassifier",
-    "xgboost.sklearn.XGBRegressor",
-    "sklearn.model_selection._classification_threshold.FixedThresholdClassifier",
-    "sklearn.utils._bunch.Bunch",
-    "numpy.dtype",
-    "numpy.dtypes.Float64DType",
-    "numpy.dtypes.Int64DType",
-    "numpy.dtypes.ObjectDType",
-    "builtins.slice",
-    *CORE_TRUSTED_TYPES,
-)
-
-
-class ModelIntegrityError(RuntimeError):
-    """The artifact's checksum does not match the one recorded at registration."""
-
-
-class NoChampionError(LookupError):
-    pass
 
 
 def configure(settings: Settings) -> str:
@@ -93,43 +98,6 @@ def ensure_experiment(name: str, settings: Settings) -> str:
     if is_local_store(settings.tracking_uri):
         location = (settings.artifact_root / name).as_uri()
     return str(client.create_experiment(name, artifact_location=location))
-
-
-def trusted_types(spec: ServiceSpec) -> list[str]:
-    return sorted({*BASE_TRUSTED_TYPES, *spec.trusted_types})
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def with_retries(fn: Callable[[], T], settings: Settings, what: str, retries: int | None = None) -> T:
-    """Call ``fn``, retrying transient failures with exponential backoff (bounded)."""
-    attempts = (settings.model_load_retries if retries is None else retries) + 1
-    delay = settings.model_load_backoff_s
-    for attempt in range(1, attempts + 1):
-        try:
-            return fn()
-        except (NoChampionError, ModelIntegrityError):
-            raise
-        except Exception as exc:
-            if attempt == attempts:
-                raise
-            log.warning(
-                "%s failed (attempt %d/%d): %s; retrying in %.1fs",
-                what,
-                attempt,
-                attempts,
-                exc,
-                delay,
-            )
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-    raise AssertionError("unreachable")
 
 
 def champion_version(name: str) -> ModelVersion | None:
@@ -277,80 +245,64 @@ def promote(name: str, version: str | int) -> ModelVersion:
     return mv
 
 
-@dataclass
-class LoadedModel:
-    """A registered model version in memory, with what serving needs to describe it."""
+@dataclass(frozen=True)
+class CachedVersion:
+    """A registered version downloaded into the local cache (``model_cache.cache_dir``), with its
+    ``version.json`` written: what a serving process needs to load it without the registry."""
 
     name: str
     version: str
-    model: Any
     sha256: str
     run_id: str | None
-    metrics: dict[str, float] = field(default_factory=dict)
-    source: str = "registry"  # "registry" or "cache" (tracking server unreachable)
-
-    @property
-    def threshold(self) -> float | None:
-        value = getattr(self.model, "threshold", None)
-        return None if value is None else float(value)
+    metrics: dict[str, float]
+    path: Path
 
 
-def _cache_dir(settings: Settings, name: str, version: str) -> Path:
-    return settings.model_cache_dir / name / f"v{version}"
+def download_version(name: str, settings: Settings, version: str | int) -> CachedVersion:
+    """Download one registered version into the local cache once (a cached copy whose checksum
+    matches the registered one is kept), with its metadata; the artifact is not loaded.
 
+    Args:
+        name: The registered model; the registry must be configured.
+        settings: Where the model cache is.
+        version: The registered version.
 
-def model_file_in(folder: Path) -> Path:
-    """The skops file of a downloaded model folder: at its top (models logged before the pyfunc
-    layout) or under ``artifacts/`` (pyfunc models); the latter path when neither exists."""
-    top = folder / MODEL_FILE
-    return top if top.exists() else folder / "artifacts" / MODEL_FILE
-
-
-def cached_model_file(settings: Settings, name: str, version: str | int) -> Path:
-    """Where the local cache keeps the skops file of ``name`` version ``version``."""
-    return model_file_in(_cache_dir(settings, name, str(version)))
-
-
-def load_artifact(spec: ServiceSpec, path: Path, expected_sha: str | None) -> tuple[Any, str]:
-    """Check the skops file's sha256 (when expected), then load it with the code's allow-list.
-    ``path`` is the file or a downloaded model folder (pyfunc models keep it under artifacts/)."""
-    file = model_file_in(path) if path.is_dir() else path
-    actual = sha256_file(file)
-    if expected_sha and actual != expected_sha:
-        raise ModelIntegrityError(
-            f"{spec.name}: checksum mismatch for {file} (expected {expected_sha[:12]}…, "
-            f"got {actual[:12]}…): artifact refused"
-        )
-    return sio.load(file, trusted=trusted_types(spec)), actual
-
-
-def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> LoadedModel:
-    """Download (once, into the local cache) and load one registered version."""
+    Returns:
+        The cached version. Raises ``ModelIntegrityError`` when the version has no sha256 tag or
+        the downloaded file does not match it.
+    """
     client = MlflowClient()
-    mv = client.get_model_version(spec.name, str(version))
+    mv = client.get_model_version(name, str(version))
     expected = (mv.tags or {}).get("sha256")
     if not expected:
-        raise ModelIntegrityError(f"{spec.name} v{mv.version} has no sha256 tag: refused")
-    target = _cache_dir(settings, spec.name, str(mv.version))
+        raise ModelIntegrityError(f"{name} v{mv.version} has no sha256 tag: refused")
+    target = cache_dir(settings, name, str(mv.version))
     model_file = model_file_in(target)
     if not model_file.exists() or sha256_file(model_file) != expected:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{spec.name}/{mv.version}", dst_path=str(tmp)
-        )
+        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(tmp))
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-    model, sha = load_artifact(spec, target, expected)
+        actual = sha256_file(model_file_in(target))
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{name}: checksum mismatch for {model_file_in(target)} (expected {expected[:12]}…, "
+                f"got {actual[:12]}…): artifact refused"
+            )
     metrics: dict[str, float] = {}
     if mv.run_id:
         metrics = dict(client.get_run(mv.run_id).data.metrics)
-    loaded = LoadedModel(spec.name, str(mv.version), model, sha, mv.run_id, metrics)
-    (target / "version.json").write_text(
-        json.dumps({"version": loaded.version, "sha256": sha, "run_id": mv.run_id, "metrics": metrics})
-    )
-    return loaded
+    write_version_meta(target, str(mv.version), expected, mv.run_id, metrics)
+    return CachedVersion(name, str(mv.version), expected, mv.run_id, metrics, target)
+
+
+def load_version(spec: ServiceSpec, settings: Settings, version: str | int) -> LoadedModel:
+    """Download (once, into the local cache) and load one registered version."""
+    cached = download_version(spec.name, settings, version)
+    model, sha = load_artifact(spec, cached.path, cached.sha256)
+    return LoadedModel(spec.name, cached.version, model, sha, cached.run_id, cached.metrics)
 
 
 def load_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel:
@@ -365,7 +317,7 @@ def load_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel:
                 f"no champion registered for {spec.name!r}: run `portfolio train {spec.name}`"
             )
         loaded = load_version(spec, settings, mv.version)
-        _remember_champion(settings, spec.name, loaded.version)
+        remember_champion(settings, spec.name, loaded.version)
         return loaded
 
     try:
@@ -378,22 +330,3 @@ def load_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel:
             raise
         log.warning("tracking server unreachable (%s): serving cached %s v%s", exc, spec.name, cached.version)
         return cached
-
-
-def _remember_champion(settings: Settings, name: str, version: str) -> None:
-    pointer = settings.model_cache_dir / name / "champion.json"
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(json.dumps({"version": version}))
-
-
-def load_cached_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel | None:
-    pointer = settings.model_cache_dir / spec.name / "champion.json"
-    if not pointer.exists():
-        return None
-    version = json.loads(pointer.read_text())["version"]
-    target = _cache_dir(settings, spec.name, version)
-    meta = json.loads((target / "version.json").read_text())
-    model, sha = load_artifact(spec, target, meta["sha256"])
-    return LoadedModel(
-        spec.name, version, model, sha, meta.get("run_id"), meta.get("metrics", {}), source="cache"
-    )

@@ -22,6 +22,7 @@ from portfolio.core.monitoring.reference import (
     bin_counts,
     load_reference,
     numeric_values,
+    reference_cache_path,
 )
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
@@ -91,6 +92,11 @@ class LiveMonitor:
     def sync(self, spec: ServiceSpec, settings: Settings, version: str, run_id: str | None) -> None:
         """Load the reference of the served model version (once; retried at most every minute)."""
         try:
+            if not reference_cache_path(settings, spec.name, version).exists():
+                # Downloaded in a child process (core/fetch.py): an API worker never imports MLflow.
+                from portfolio.core.fetch import fetch_reference
+
+                fetch_reference(settings, spec.name, run_id, version)
             ref = load_reference(spec, settings, run_id, version)
         except Exception as exc:
             self.reference_error = str(exc)

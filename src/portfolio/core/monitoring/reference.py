@@ -286,10 +286,19 @@ def load_reference(spec: ServiceSpec, settings: Settings, run_id: str | None, ve
     """The reference logged with a model version's training run, through the configured tracking
     URI (cached locally per version, so a running API keeps it when the server is unreachable)."""
     cached = reference_cache_path(settings, spec.name, version)
+    if not cached.exists():
+        download_reference(spec.name, settings, run_id, version)
+    return DriftReference.from_dict(json.loads(cached.read_text()))
+
+
+def download_reference(name: str, settings: Settings, run_id: str | None, version: str) -> Path:
+    """Download the reference of ``name`` version ``version`` (logged with its training run
+    ``run_id``) into the local cache once; its path there. Raises ``ReferenceUnavailable``."""
+    cached = reference_cache_path(settings, name, version)
     if cached.exists():
-        return DriftReference.from_dict(json.loads(cached.read_text()))
+        return cached
     if not run_id:
-        raise ReferenceUnavailable(f"{spec.name} v{version} has no training run: no drift reference")
+        raise ReferenceUnavailable(f"{name} v{version} has no training run: no drift reference")
     import mlflow
 
     from portfolio.core import registry
@@ -302,16 +311,16 @@ def load_reference(spec: ServiceSpec, settings: Settings, run_id: str | None, ve
             )
         except Exception as exc:
             raise ReferenceUnavailable(
-                f"{spec.name} v{version}: no {REFERENCE_ARTIFACT} in run {run_id} ({exc}); "
+                f"{name} v{version}: no {REFERENCE_ARTIFACT} in run {run_id} ({exc}); "
                 f"retrain with this version of the platform or pass --reference REF.csv"
             ) from exc
         data = json.loads(Path(path).read_text())
-    ref = DriftReference.from_dict(data)
+    DriftReference.from_dict(data)  # a reference this code cannot read is not cached
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp_file = cached.with_suffix(".partial")
     tmp_file.write_text(json.dumps(data))
     tmp_file.replace(cached)
-    return ref
+    return cached
 
 
 def _score_profile(s: np.ndarray) -> dict[str, Any]:

@@ -29,10 +29,11 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
-from portfolio.core import registry
+from portfolio.core.fetch import load_fetched, resolve_and_fetch
+from portfolio.core.model_cache import CHALLENGER
 from portfolio.core.monitoring.predictions import PredictionLog
 from portfolio.core.monitoring.queueing import RecordQueue
-from portfolio.core.serving.inference import Predictor, as_records, load_predictor
+from portfolio.core.serving.inference import Predictor, as_records
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
@@ -67,18 +68,19 @@ class ChallengerHolder:
     def refresh(self) -> bool:
         """Load the version ``@challenger`` points to if it changed (drop it when the alias is
         gone). True when the held model changed."""
-        registry.configure(self.settings)
-        mv = registry.alias_version(self.spec.name, registry.CHALLENGER)
         current = self.version
-        if mv is None:
+        # The registry is read in a child process (core/fetch.py), as for the champion.
+        version, fetched = resolve_and_fetch(self.settings, self.spec.name, CHALLENGER, known=current)
+        if version is None:
             if current is not None:
                 log.info("%s: no @challenger any more; shadow scoring stops", self.spec.name)
             self.predictor = None
             return current is not None
-        if str(mv.version) == current:
+        if fetched is None:
             return False
+        predictor = Predictor(self.spec, load_fetched(self.spec, fetched))
         # The challenger is scored in groups of up to MAX_GROUP_ROWS: warm that path too.
-        predictor = load_predictor(self.spec, self.settings, mv.version, warm=True)
+        predictor.warm_up(batch=True)
         self.predictor = predictor  # one reference swap: the scorer sees the old or the new one
         log.info("%s: shadowing @challenger v%s (was %s)", self.spec.name, predictor.version, current)
         return True

@@ -95,7 +95,7 @@ _END = object()
 def _warm_up(predictor: Predictor) -> None:
     import pyarrow.csv  # noqa: F401  # imported here, off the scoring thread's first chunk
 
-    predictor.warm_up()
+    predictor.warm_up(batch=True)
 
 
 def _prefetch(items: Iterator[T]) -> Iterator[T]:

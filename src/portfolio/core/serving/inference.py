@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from portfolio.core import registry
 from portfolio.core.explain.substitution import substitution_scores
 from portfolio.core.fastpath.columns import (
     SMALL_BATCH_ROWS,
@@ -27,8 +26,9 @@ from portfolio.core.fastpath.columns import (
     to_columns,
 )
 from portfolio.core.fastpath.pipeline import CompiledPipeline, compile_pipeline, unwrap
+from portfolio.core.fetch import RegistryUnavailable, load_fetched, load_serving_champion, resolve_and_fetch
+from portfolio.core.model_cache import CHAMPION, LoadedModel
 from portfolio.core.processes import freeze_heap
-from portfolio.core.registry import LoadedModel
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
@@ -58,18 +58,25 @@ class Predictor:
     def compiled(self) -> bool:
         return self._fast is not None
 
-    def warm_up(self) -> None:
+    def warm_up(self, batch: bool = False) -> None:
         """Score the fields' documented example once, so the first request does not pay the
-        one-off costs of the fast path (the tree walk's compilation, about a second or
-        milliseconds from numba's disk cache; each booster's base margin, ~0.2 s), then as a
-        batch (its own walks: explanations of more than SMALL_BATCH_ROWS rows keep the rows'
-        paths). Servers call this at load, before they say ready; batch scoring never needs it."""
+        one-off costs of the fast path (each booster's base margin, ~0.2 s; for TelecomAI, whose
+        request is scored with its explanation's variants, the numba tree walk: about a second
+        to compile, milliseconds from numba's disk cache). Servers call this at load, before
+        they say ready; batch scoring never needs it.
+
+        ``batch``: also score the example as a batch (its own walks: explanations of more than
+        SMALL_BATCH_ROWS rows keep the rows' paths). Off for an API's champion: a one-row
+        request is walked in numpy (``fastpath.trees``), so a worker that only answers
+        ``/predict`` never loads numba's compiler (~110 MB per worker, issue 33); its first
+        batch pays numba's import and its walk instead (0.38 + 0.48 s measured, once)."""
         if self._fast is None:
             return
         try:
             example = {f.name: f.example for f in self.spec.fields}
             self.predict_records([example])
-            self.predict_records([example] * (SMALL_BATCH_ROWS + 1))
+            if batch:
+                self.predict_records([example] * (SMALL_BATCH_ROWS + 1))
         except Exception as exc:  # an example the schema rejects costs only the first request's speed
             log.warning("%s v%s: warm-up prediction failed: %s", self.spec.name, self.version, exc)
 
@@ -171,6 +178,9 @@ def load_predictor(
     Returns:
         The predictor. Raises ``registry.NoChampionError`` when there is no champion.
     """
+    # Imported here: an API worker loads through ``core/fetch.py`` and never imports MLflow.
+    from portfolio.core import registry
+
     registry.configure(settings)
     loaded = (
         registry.load_version(spec, settings, version)
@@ -204,7 +214,8 @@ class ModelHolder:
 
     def load_now(self) -> Predictor:
         t0 = time.perf_counter()
-        predictor = load_predictor(self.spec, self.settings)
+        # The registry is read in a child process (core/fetch.py): this process never imports MLflow.
+        predictor = Predictor(self.spec, load_serving_champion(self.spec, self.settings))
         t1 = time.perf_counter()
         predictor.warm_up()  # before /ready says ready
         t2 = time.perf_counter()
@@ -223,17 +234,20 @@ class ModelHolder:
 
     def refresh(self) -> bool:
         """Swap in the current champion if it changed. True when a new version was loaded."""
-        registry.configure(self.settings)
+        current = self.predictor.version if self.predictor else None
         try:
-            mv = registry.champion_version(self.spec.name)
-        except Exception as exc:
-            self.tracking_error = str(exc)
+            version, fetched = resolve_and_fetch(self.settings, self.spec.name, CHAMPION, known=current)
+        except RegistryUnavailable as exc:
+            if exc.stage == "resolve":
+                self.tracking_error = str(exc)
+            else:  # the alias was read: the registry answers, the new version did not load
+                self.tracking_error, self.refreshed = None, True
             raise
         self.tracking_error, self.refreshed = None, True
-        current = self.predictor.version if self.predictor else None
-        if mv is None or str(mv.version) == current:
+        if version is None or fetched is None:
             return False
-        predictor = load_predictor(self.spec, self.settings, mv.version, warm=True)
+        predictor = Predictor(self.spec, load_fetched(self.spec, fetched))
+        predictor.warm_up()
         with self._lock:
             self.predictor = predictor
             self.state, self.error = "ready", None
