@@ -176,6 +176,9 @@ def requirements(spec_ref: str) -> tuple[str, ...]:
         "importlib.import_module('portfolio.core.serving.inference')\n"
         f"{spec_import}"
         "import numba, skops.io  # the fast path's compiler, imported when the model is compiled\n"
+        # pandera: imported on the first validated frame (kept off the API's import path), so
+        # importing the modules above no longer shows it.
+        "importlib.import_module('portfolio.core.schema')._pandera()\n"
         "roots = lambda names: sorted({m.split('.')[0] for m in names})\n"
         "print(json.dumps([roots(set(sys.modules) - base), roots(with_mlflow - base)]))\n"
     )
