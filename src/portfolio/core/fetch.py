@@ -21,12 +21,12 @@ import logging
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from portfolio.core.model_cache import (
     CHAMPION,
+    CachedVersion,
     LoadedModel,
     ModelIntegrityError,
     NoChampionError,
@@ -57,18 +57,6 @@ class RegistryUnavailable(RuntimeError):
         self.stage = stage
 
 
-@dataclass(frozen=True)
-class Fetched:
-    """A registered version in the local model cache, as the child left it."""
-
-    name: str
-    version: str
-    sha256: str
-    run_id: str | None
-    metrics: dict[str, float]
-    path: Path
-
-
 def _request(settings: Settings, **fields: Any) -> dict[str, Any]:
     data = settings.model_dump(mode="json")
     chosen = {k: data[k] for k in _SETTINGS_KEYS}
@@ -93,7 +81,7 @@ def _run_child(request: dict[str, Any]) -> dict[str, Any]:
 
 def resolve_and_fetch(
     settings: Settings, name: str, alias: str, known: str | None = None, retries: int | None = 0
-) -> tuple[str | None, Fetched | None]:
+) -> tuple[str | None, CachedVersion | None]:
     """The version ``alias`` points to, downloaded into the local cache unless it is ``known``
     (the version the caller serves), with its drift reference (best effort).
 
@@ -127,7 +115,7 @@ def resolve_and_fetch(
         log.warning(
             "%s v%s: drift reference not fetched: %s", name, answer["version"], answer["reference_error"]
         )
-    fetched = Fetched(
+    fetched = CachedVersion(
         name,
         str(answer["version"]),
         answer["sha256"],
@@ -208,7 +196,7 @@ def fetch_reference(settings: Settings, name: str, run_id: str | None, version: 
         raise ReferenceUnavailable(answer["error"])
 
 
-def load_fetched(spec: ServiceSpec, fetched: Fetched) -> LoadedModel:
+def load_fetched(spec: ServiceSpec, fetched: CachedVersion) -> LoadedModel:
     """A fetched version loaded in this process (checksum-verified, skops allow-list)."""
     model, sha = load_artifact(spec, fetched.path, fetched.sha256)
     return LoadedModel(spec.name, fetched.version, model, sha, fetched.run_id, fetched.metrics)

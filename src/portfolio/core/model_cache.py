@@ -180,3 +180,16 @@ def load_cached_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel |
         return None
     version = json.loads(pointer.read_text())["version"]
     return load_cached_version(spec, settings, version, source="cache")
+
+
+@dataclass(frozen=True)
+class CachedVersion:
+    """A registered version downloaded into the local cache (``model_cache.cache_dir``), with its
+    ``version.json`` written: what a serving process needs to load it without the registry."""
+
+    name: str
+    version: str
+    sha256: str
+    run_id: str | None
+    metrics: dict[str, float]
+    path: Path

@@ -12,7 +12,6 @@ import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
@@ -27,6 +26,7 @@ from portfolio.core.model_cache import (
     CHALLENGER,
     CHAMPION,
     MODEL_FILE,
+    CachedVersion,
     LoadedModel,
     ModelIntegrityError,
     NoChampionError,
@@ -243,19 +243,6 @@ def promote(name: str, version: str | int) -> ModelVersion:
     mv = client.get_model_version(name, str(version))
     client.set_registered_model_alias(name, CHAMPION, str(mv.version))
     return mv
-
-
-@dataclass(frozen=True)
-class CachedVersion:
-    """A registered version downloaded into the local cache (``model_cache.cache_dir``), with its
-    ``version.json`` written: what a serving process needs to load it without the registry."""
-
-    name: str
-    version: str
-    sha256: str
-    run_id: str | None
-    metrics: dict[str, float]
-    path: Path
 
 
 def download_version(name: str, settings: Settings, version: str | int) -> CachedVersion:
