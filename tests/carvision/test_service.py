@@ -14,8 +14,9 @@ from mlflow.tracking import MlflowClient
 from portfolio.carvision.spec import SPEC
 from portfolio.core import registry
 from tests.carvision.conftest import RECORD
+from tests.core.test_serving_imports import assert_serving_imports_only
 from tests.support.helpers import ROOT
-from tests.support.live import TrainedService, require_data
+from tests.support.live import TrainedService, require_data, warm_worker_modules
 from tests.support.parity import assert_fast_path_parity
 
 pytestmark = pytest.mark.integration
@@ -191,3 +192,9 @@ def test_real_api_predict_returns_price_interval_and_version(carvision_api: str)
 def test_fast_path_equals_the_registered_model(carvision_trained: TrainedService) -> None:
     """Issue 5: the compiled path prices 1,000 real listings within $0.01 of the MLflow model."""
     assert_fast_path_parity(SPEC, carvision_trained.settings, require_data(SPEC).parent)
+
+
+def test_a_warm_worker_answers_requests_without_numba(carvision_trained: TrainedService) -> None:
+    """A CarVision request's row is walked in numpy (two boosters of 800 x 6 steps, each under
+    fastpath/trees.py's _NUMPY_WALK_STEPS), so a worker that answers /predict holds no numba."""
+    assert_serving_imports_only(warm_worker_modules(carvision_trained.settings, "carvision"))

@@ -161,13 +161,13 @@ def test_xgboost_regressor_walk_repeats_the_library_float32_sum_exactly() -> Non
     rng = np.random.default_rng(1)
     X = rng.normal(size=(2000, 5))
     y = 15_000 + 8_000 * X[:, 0] + 3_000 * X[:, 1] ** 2 + rng.normal(scale=2_000, size=2000)
-    # Depth 6: one row is walked by the numba kernel; depth 3 (1,200 steps): in numpy
-    # (trees._NUMPY_ONE_ROW_STEPS), in float32 too.
+    # A few rows are walked in numpy (trees._NUMPY_WALK_STEPS: one row of depth 6, 2,400 steps,
+    # up to 6 rows of depth 3), more by the numba kernel; in float32 too.
     for depth in (6, 3):
         model = XGBRegressor(n_estimators=400, learning_rate=0.05, max_depth=depth, n_jobs=1).fit(X, y)
         fast = compile_regressor(model)
         # One row, a few (trees side by side), many (rows side by side, on every core).
-        for rows in (X[:1], X[1:2], X[:16], X):
+        for rows in (X[:1], X[1:2], X[:5], X[:16], X):
             library = model.get_booster().inplace_predict(rows, validate_features=False)
             np.testing.assert_array_equal(fast(rows), library.astype(np.float64))
 
@@ -212,9 +212,11 @@ def test_compiled_walk_splits_exactly_like_the_libraries_at_their_thresholds() -
         np.testing.assert_allclose(fast(probe), expected, rtol=0, atol=atol)
         one_by_one = np.concatenate([fast(probe[i : i + 1]) for i in range(0, 300)])
         np.testing.assert_allclose(one_by_one, expected[:300], rtol=0, atol=atol)
-        # One row is walked in numpy, more by the numba kernel: the same leaves, added in the
-        # same order, so the same bits.
+        # A few rows are walked in numpy (one, or 5 at a time: trees._NUMPY_WALK_STEPS), more
+        # by the numba kernel: the same leaves, added in the same order, so the same bits.
         np.testing.assert_array_equal(one_by_one, fast(probe)[:300])
+        in_fives = np.concatenate([fast(probe[i : i + 5]) for i in range(0, 300, 5)])
+        np.testing.assert_array_equal(in_fives, fast(probe)[:300])
 
 
 def test_kept_walks_score_changed_copies_like_walking_them_afresh() -> None:

@@ -3,6 +3,10 @@ the real data in an isolated state dir, and uvicorn on a free loopback port poin
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,6 +42,47 @@ def state_env(settings: Settings, **extra: str) -> dict[str, str]:
         "PORTFOLIO_ADMIN_API_KEYS": "",
         **extra,
     }
+
+
+_WORKER = """
+import json, sys, time
+from fastapi.testclient import TestClient
+from portfolio.app import app_from_env
+from portfolio.services import get_spec
+
+app = app_from_env()
+record = {f.name: f.example for f in get_spec(sys.argv[1]).fields}
+with TestClient(app) as client:
+    deadline = time.monotonic() + 120
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/ready").text
+        time.sleep(0.2)
+    for _ in range(3):
+        answer = client.post("/predict", json=record)
+        assert answer.status_code == 200, answer.text
+    assert client.get("/metrics").status_code == 200
+    assert app.state.monitor.reference_version == answer.json()["model_version"], "no drift reference"
+    while not app.state.holder.refreshed:  # one poll of the champion (every 0.2 s here)
+        assert time.monotonic() < deadline, app.state.holder.tracking_error
+        time.sleep(0.1)
+    print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def warm_worker_modules(settings: Settings, service: str) -> list[str]:
+    """The modules an API worker of ``service`` on ``settings``' state has imported once its model
+    is loaded and warm, ``/predict`` answered, ``/metrics`` scraped (the drift reference fetched)
+    and the champion polled once (a fresh process: tests/core/test_serving_imports.py)."""
+    env = {
+        **os.environ,
+        **state_env(settings, PORTFOLIO_SERVICE=service, PORTFOLIO_MODEL_POLL_INTERVAL_S="0.2"),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", _WORKER, service], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    modules: list[str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return modules
 
 
 @dataclass

@@ -33,7 +33,7 @@ def assert_fast_path_parity(spec: ServiceSpec, settings: Settings, data_dir: Pat
     # Small requests walk the trees in other tiles (several trees per row instead of many rows
     # per tree, one thread): score the same rows 16 at a time, to the same standard.
     small = np.concatenate([predictor.scores_frame(typed.iloc[i : i + 16]) for i in range(0, len(typed), 16)])
-    # A request's one row is walked in numpy (fastpath.trees), more rows by the numba kernel:
+    # A request's rows are walked in numpy (fastpath.trees), more rows by the numba kernel:
     # the same leaves added in the same order, so the same bits.
     single = np.concatenate(
         [predictor.scores_frame(typed.iloc[i : i + 1]) for i in range(min(200, len(typed)))]

@@ -22,8 +22,9 @@ from portfolio.core.schema import validate_frame
 from portfolio.core.serving.inference import Predictor
 from portfolio.core.training.train import split
 from portfolio.telecom.spec import MIN_PRECISION, MIN_RECALL, SPEC
+from tests.core.test_serving_imports import assert_serving_imports_only
 from tests.support.helpers import ROOT
-from tests.support.live import TrainedService, live_api
+from tests.support.live import TrainedService, live_api, warm_worker_modules
 from tests.support.parity import assert_fast_path_parity
 from tests.telecom.conftest import DATA_FILE
 
@@ -63,6 +64,12 @@ def test_training_registers_a_loadable_soft_voting_champion(telecom_trained: Tra
 
 def test_compiled_fast_path_matches_the_registered_model(telecom_trained: TrainedService) -> None:
     assert_fast_path_parity(SPEC, telecom_trained.settings, DATA_FILE.parent)
+
+
+def test_a_warm_worker_answers_requests_without_numba(telecom_trained: TrainedService) -> None:
+    """A TelecomAI request scores its row and its explanation's 19 variants: 20 rows, walked in
+    numpy (fastpath/trees.py), so a worker that answers /predict holds no numba (~110 MB)."""
+    assert_serving_imports_only(warm_worker_modules(telecom_trained.settings, "telecom"))
 
 
 def _bootstrap_sd(

@@ -40,15 +40,17 @@ _COLUMN_MASK = 2047
 # Batches of at least this many rows per thread are split across the machine's cores (the
 # kernel releases the GIL).
 _ROWS_PER_THREAD = 256
-# One row of an ensemble of at most this many tree steps (trees x depth) is walked in numpy
-# (``_TreeArrays._one_row``), more by the numba kernel. Measured on 2026-12-06 (in-process, one
-# request, loaded VM): BankChurn (400 trees x 3) 184-195 against 134 us per request, Plan (300 x
-# 3) 128 against 82 us, CarVision (2 x 800 x 6) 1,073-1,125 against 727 us. Under this bound a
-# worker that answers only /predict never loads numba (BankChurn and Plan: ~280 MB instead of
-# ~390, issue 33's 300 MB target) for ~50 us per request; above it numpy's cost grows with the
-# steps while the memory target stays out of reach anyway (CarVision ~357 MB with the numpy
-# walk). 0 walks every row with numba (the fastest, ~110 MB more per worker).
-_NUMPY_ONE_ROW_STEPS = 2048
+# Rows x trees x depth of at most this many steps are walked in numpy (``_TreeArrays._numpy_rows``),
+# more by the numba kernel: a worker that answers only /predict then never loads numba and its
+# compiler (~110 MB per worker, issue 33's 300 MB target). Each ensemble counts on its own: a
+# BankChurn or Plan request (400 or 300 trees x 3, one row), a TelecomAI request (its row and
+# 19 explanation variants: 20 x 100 x 3 boosted, 20 x 30 x 6 forest) and a CarVision one (one
+# row, two boosters of 800 x 6) all stay in numpy. What it costs, measured on 2026-12-07
+# in-process on the shared VM (one request with its outputs, numpy against numba, median of 8
+# rounds of 200): TelecomAI 1,497 against 1,026 us, CarVision 694 against 424 us; earlier
+# (2026-12-06) BankChurn 184-195 against 134 us, Plan 128 against 82 us. 0 walks every row
+# with numba (the fastest, ~110 MB more per worker).
+_NUMPY_WALK_STEPS = 8192
 # A missing value as the one-row walk reads it: -inf in column 2f, +inf in column 2f + 1.
 _MISSING_SIDES = np.array([[-np.inf, np.inf]], dtype=np.float32)
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -341,33 +343,37 @@ class _TreeArrays:
         # Per node, the bit of the column a split reads (leaves read none); see _path_kernels.
         self.bits = np.where(is_split, np.left_shift(np.uint64(1), (features % 64).astype(np.uint64)), 0)
         self.bits = self.bits.astype(np.uint64)
-        # The one-row walk (``_one_row``) in numpy: each node's child and column as indices.
+        # The walk of a few rows in numpy (``_numpy_rows``): each node's child and column as indices.
         self._child = (self.words >> _CHILD_SHIFT).astype(np.intp)
         self._column = (self.words & _COLUMN_MASK).astype(np.intp)
         self._roots = self.roots.astype(np.intp)
 
-    def _one_row(self, x: np.ndarray, init: float, float32: bool) -> np.ndarray:
-        """``sums`` of one row (float32 features) in numpy: all trees one level per step, then
-        the leaves added in tree order from ``init`` (a cumulative sum adds in order, in the
-        leaves' precision), so the result is the kernel's to the bit. A request scores one row:
-        this keeps numba, and the ~110 MB its compiler takes in each worker (issue 33), out of a
-        worker until it scores more rows (``_NUMPY_ONE_ROW_STEPS`` says for which ensembles and
-        what it costs)."""
-        xb = np.where(np.isnan(x)[:, None], _MISSING_SIDES, x[:, None]).ravel()  # column 2f, 2f + 1
-        node, child, column, thresholds = self._roots, self._child, self._column, self.thresholds
+    def _numpy_rows(self, x: np.ndarray, init: float, float32: bool) -> np.ndarray:
+        """``sums`` of a few rows (float32 features) in numpy: every row and tree one level per
+        step, then each row's leaves added in tree order from ``init`` (a cumulative sum adds in
+        order, in the leaves' precision), so the result is the kernel's to the bit. A request
+        scores one row (TelecomAI: the row and its explanation's 19 variants): this keeps numba,
+        and the ~110 MB its compiler takes in each worker (issue 33), out of a worker until it
+        scores more (``_NUMPY_WALK_STEPS`` says for which sizes and what it costs)."""
+        n = x.shape[0]
+        # Row r's column 2f holds feature f with missing as -inf, column 2f + 1 with missing as +inf.
+        xb = np.where(np.isnan(x)[:, :, None], _MISSING_SIDES, x[:, :, None]).ravel()
+        child, column, thresholds = self._child, self._column, self.thresholds
+        node = np.broadcast_to(self._roots, (n, self.n_trees))
+        start = (np.arange(n, dtype=np.intp) * (2 * x.shape[1]))[:, None]
         for _ in range(self.depth):
-            node = child[node] + (xb[column[node]] >= thresholds[node])
-        acc = np.empty(self.n_trees + 1, dtype=np.float32 if float32 else np.float64)
-        acc[0] = init
-        acc[1:] = self.value[node]
-        return np.cumsum(acc)[-1:].astype(np.float64)
+            node = child[node] + (xb[start + column[node]] >= thresholds[node])
+        acc = np.empty((n, self.n_trees + 1), dtype=np.float32 if float32 else np.float64)
+        acc[:, 0] = init
+        acc[:, 1:] = self.value[node]
+        return np.cumsum(acc, axis=1)[:, -1].astype(np.float64)
 
     def sums(self, m: Matrix, init: float = 0.0, float32: bool = False) -> np.ndarray:
         """Per row, ``init`` plus the leaf value reached in every tree, added in tree order in
         float64, or in float32 (``float32=True``: XGBoost's own arithmetic)."""
         x = np.ascontiguousarray(m, dtype=np.float32)
-        if x.shape[0] == 1 and self.n_trees * self.depth <= _NUMPY_ONE_ROW_STEPS:
-            return self._one_row(x[0], init, float32)
+        if x.shape[0] * self.n_trees * self.depth <= _NUMPY_WALK_STEPS:
+            return self._numpy_rows(x, init, float32)
         out = np.empty(x.shape[0], dtype=np.float64)
         kernel = _tree_kernel()
         args = (self.roots, self.words, self.thresholds, self.value, self.depth, float(init), bool(float32))

@@ -28,7 +28,7 @@ from portfolio.core.fastpath.columns import (
 from portfolio.core.fastpath.pipeline import CompiledPipeline, compile_pipeline, unwrap
 from portfolio.core.fetch import RegistryUnavailable, load_fetched, load_serving_champion, resolve_and_fetch
 from portfolio.core.model_cache import CHAMPION, LoadedModel
-from portfolio.core.processes import freeze_heap
+from portfolio.core.processes import freeze_heap, release_freed_memory
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
 
@@ -60,16 +60,15 @@ class Predictor:
 
     def warm_up(self, batch: bool = False) -> None:
         """Score the fields' documented example once, so the first request does not pay the
-        one-off costs of the fast path (each booster's base margin, ~0.2 s; for TelecomAI, whose
-        request is scored with its explanation's variants, the numba tree walk: about a second
-        to compile, milliseconds from numba's disk cache). Servers call this at load, before
-        they say ready; batch scoring never needs it.
+        one-off costs of the fast path (each booster's base margin, ~0.2 s). Servers call this
+        at load, before they say ready; batch scoring never needs it.
 
         ``batch``: also score the example as a batch (its own walks: explanations of more than
-        SMALL_BATCH_ROWS rows keep the rows' paths). Off for an API's champion: a one-row
-        request is walked in numpy (``fastpath.trees``), so a worker that only answers
-        ``/predict`` never loads numba's compiler (~110 MB per worker, issue 33); its first
-        batch pays numba's import and its walk instead (0.38 + 0.48 s measured, once)."""
+        SMALL_BATCH_ROWS rows keep the rows' paths). Off for an API's champion: a request's
+        rows (TelecomAI: with its explanation's variants) are walked in numpy
+        (``fastpath.trees``), so a worker that only answers ``/predict`` never loads numba's
+        compiler (~110 MB per worker, issue 33); its first batch pays numba's import and its
+        walk instead (0.38 + 0.48 s measured, once)."""
         if self._fast is None:
             return
         try:
@@ -222,6 +221,7 @@ class ModelHolder:
         with self._lock:
             self.predictor, self.error, self.state = predictor, None, "ready"
         freeze_heap()  # a full collection no longer walks the model (processes.freeze_heap)
+        release_freed_memory()  # not the load's peak (processes.release_freed_memory)
         # Where a cold start goes (make images reads these): registry fetch, fast-path build+warm-up.
         log.info(
             "%s v%s loaded (%s)",
@@ -252,6 +252,7 @@ class ModelHolder:
             self.predictor = predictor
             self.state, self.error = "ready", None
         freeze_heap()  # the old model's cycles are collected, the new one frozen
+        release_freed_memory()  # nor the old model's memory
         log.info("%s: champion changed %s → v%s", self.spec.name, current, predictor.version)
         return True
 
