@@ -197,4 +197,4 @@ def test_fast_path_equals_the_registered_model(carvision_trained: TrainedService
 def test_a_warm_worker_answers_requests_without_numba(carvision_trained: TrainedService) -> None:
     """A CarVision request's row is walked in numpy (two boosters of 800 x 6 steps, each under
     fastpath/trees.py's _NUMPY_WALK_STEPS), so a worker that answers /predict holds no numba."""
-    assert_serving_imports_only(warm_worker_modules(carvision_trained.settings, "carvision"))
+    assert_serving_imports_only(warm_worker_modules(carvision_trained.settings, "carvision"), "carvision")

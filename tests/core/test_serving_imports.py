@@ -8,6 +8,7 @@ reads the registry in a child process)."""
 from __future__ import annotations
 
 from portfolio.core.settings import Settings
+from portfolio.services import SERVICES
 from tests.support.live import warm_worker_modules
 
 # Imported by training, evaluation plots and data validation; never by an API worker.
@@ -19,17 +20,26 @@ REGISTRY_CLIENT = ("mlflow", "sqlalchemy", "alembic", "portfolio.core.registry")
 NUMBA = ("numba", "llvmlite")
 
 
-def assert_serving_imports_only(modules: list[str]) -> None:
-    """``modules`` (``warm_worker_modules``) hold no training-only, registry-client or numba module."""
+def assert_serving_imports_only(modules: list[str], service: str) -> None:
+    """``modules`` (``warm_worker_modules`` of ``service``) hold no training-only, registry-client
+    or numba module, nor another service's spec and the libraries only its model needs
+    (portfolio/services.py imports a spec when it is asked for: TelecomAI's imbalanced-learn,
+    with sklearn_compat, which imports every scikit-learn estimator)."""
     assert "portfolio.core.serving.api" in modules and "xgboost" in modules  # it really served
-    for kind, names in (
+    assert f"portfolio.{service}.spec" in modules
+    others = tuple(f"portfolio.{name}.spec" for name in SERVICES if name != service)
+    if service != "telecom":
+        others += ("imblearn", "sklearn_compat")
+    groups = (
         ("training-only", TRAINING_ONLY),
         ("registry client", REGISTRY_CLIENT),
         ("numba", NUMBA),
-    ):
+        ("other services'", others),
+    )
+    for kind, names in groups:
         loaded = sorted(m for m in modules for heavy in names if m == heavy or m.startswith(heavy + "."))
         assert not loaded, f"the API worker imported {kind} modules: {loaded[:20]}"
 
 
 def test_a_warm_api_worker_imports_no_training_only_library(bank_state: Settings) -> None:
-    assert_serving_imports_only(warm_worker_modules(bank_state, "bankchurn"))
+    assert_serving_imports_only(warm_worker_modules(bank_state, "bankchurn"), "bankchurn")

@@ -69,7 +69,7 @@ def test_compiled_fast_path_matches_the_registered_model(telecom_trained: Traine
 def test_a_warm_worker_answers_requests_without_numba(telecom_trained: TrainedService) -> None:
     """A TelecomAI request scores its row and its explanation's 19 variants: 20 rows, walked in
     numpy (fastpath/trees.py), so a worker that answers /predict holds no numba (~110 MB)."""
-    assert_serving_imports_only(warm_worker_modules(telecom_trained.settings, "telecom"))
+    assert_serving_imports_only(warm_worker_modules(telecom_trained.settings, "telecom"), "telecom")
 
 
 def _bootstrap_sd(
