@@ -152,3 +152,37 @@ def test_the_workers_direct_alias_read_agrees_with_mlflow(synth_versions: Settin
         registry.set_alias(NAME, registry.CHAMPION, 1)
     dead = synth_versions.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"})
     assert _read_alias(dead, NAME, registry.CHAMPION) == (False, None)
+
+
+def test_a_worker_start_reuses_a_verified_cached_champion(
+    synth_versions: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An API worker's start (core/fetch.py ``load_serving_champion``) runs the registry child
+    only when the champion is not in its cache yet: a restart on the same cache reads the alias
+    and loads the cached copy (checksum-verified). A tampered copy, or an alias that moved, sends
+    it back to the child, which downloads and checks against the registry."""
+    from portfolio.core import fetch
+
+    settings = synth_versions.model_copy(update={"state_dir": tmp_path / "worker"})  # an empty cache
+    children: list[dict[str, object]] = []
+    child = fetch._run_child
+    monkeypatch.setattr(fetch, "_run_child", lambda request: children.append(request) or child(request))
+
+    first = fetch.load_serving_champion(SPEC, settings)
+    assert (first.version, len(children)) == ("1", 1)
+    again = fetch.load_serving_champion(SPEC, settings)
+    assert (again.version, again.sha256, again.source, len(children)) == ("1", first.sha256, "registry", 1)
+
+    cached = registry.cached_model_file(settings, NAME, "1")
+    cached.write_bytes(cached.read_bytes() + b"tampered")
+    healed = fetch.load_serving_champion(SPEC, settings)
+    assert (healed.sha256, len(children)) == (first.sha256, 2)
+    assert registry.sha256_file(cached) == first.sha256
+
+    registry.configure(synth_versions)
+    try:
+        registry.set_alias(NAME, registry.CHAMPION, 2)
+        moved = fetch.load_serving_champion(SPEC, settings)
+        assert (moved.version, len(children)) == ("2", 3)
+    finally:
+        registry.set_alias(NAME, registry.CHAMPION, 1)

@@ -4,6 +4,7 @@ role), and every deployed service trained through that server with reduced setti
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
@@ -32,6 +33,9 @@ from tests.deploy.infra import (
     world_readable_tmpdir,
 )
 from tests.support.helpers import require
+
+# Rows of each raw file the deployed services are trained on.
+TRAINING_ROWS = 3000
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -148,16 +152,22 @@ def tracking(postgres: Postgres) -> Iterator[Tracking]:
 @pytest.fixture(scope="session")
 def trained(tracking: Tracking, data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Every deployed service that is registered, trained through the PostgreSQL-backed server
-    (2 CV folds, 50 bootstrap rounds: these tests check deployment, not model quality)."""
+    on the first rows of its raw file (2 CV folds, 50 bootstrap rounds: these tests check
+    deployment, not model quality; the full files made this fixture ~4 minutes of the suite)."""
     from portfolio.core.training.train import train_service
 
     state = tmp_path_factory.mktemp("deploy-train")
+    sample_dir = state / "data"
+    sample_dir.mkdir()
     settings: Settings = make_settings(
-        state, mlflow_tracking_uri=tracking.url, cv_folds=2, bootstrap_rounds=50
+        state, mlflow_tracking_uri=tracking.url, cv_folds=2, bootstrap_rounds=50, data_dir=sample_dir
     )
     versions: dict[str, str] = {}
     for name in DEPLOYED_SERVICES:
         if name in SERVICES:
+            data_file = SERVICES[name].data_file
+            with (data_dir / data_file).open() as full, (sample_dir / data_file).open("w") as head:
+                head.writelines(itertools.islice(full, TRAINING_ROWS + 1))  # the header and the rows
             outcome = train_service(SERVICES[name], settings)
             assert outcome.alias == "champion", outcome.gate
             versions[name] = outcome.version

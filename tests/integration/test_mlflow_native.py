@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -147,7 +148,49 @@ spark.stop()
 """
 
 
-def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path: Path) -> None:
+class Consumers:
+    """Clean virtualenvs of MLflow's consumers: exactly a model's declared requirements (and, for
+    ``spark_udf``, pyspark and pyarrow, the engine's and not the model's). One per distinct
+    requirements file and kind, shared by the services that declare the same requirements (three of
+    four today): each new one cost a test ~15 s of creating and of first imports."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._made: dict[tuple[str, bool], Path] = {}
+
+    def python(self, requirements: Path, spark: bool = False) -> Path:
+        """The interpreter of the virtualenv for ``requirements`` (made on first use)."""
+        key = (hashlib.sha256(requirements.read_bytes()).hexdigest()[:16], spark)
+        if key not in self._made:
+            venv = self.root / f"{key[0]}{'-spark' if spark else ''}"
+            uv = bin_path("uv")
+            subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=300)
+            python = venv / "bin" / "python"
+            packages = ["-r", str(requirements)]
+            if spark:
+                declared = {r.split("==")[0].lower() for r in requirements.read_text().split()}
+                packages.append(f"pyspark=={_locked('pyspark')}")
+                if "pyarrow" not in declared:  # Spark's pandas UDFs move batches as Arrow
+                    packages.append(f"pyarrow=={_locked('pyarrow')}")
+            done = subprocess.run(
+                [uv, "pip", "install", "-q", "--python", str(python), *packages],
+                capture_output=True,
+                text=True,
+                timeout=1200,
+            )
+            require(done.returncode == 0, f"installing {packages} failed: {done.stderr[-2000:]}")
+            self._made[key] = python
+        return self._made[key]
+
+
+@pytest.fixture(scope="module")
+def consumers(tmp_path_factory: pytest.TempPathFactory) -> Consumers:
+    return Consumers(tmp_path_factory.mktemp("consumers"))
+
+
+def test_pyfunc_in_a_clean_env_matches_the_cli(
+    trained: TrainedService, consumers: Consumers, tmp_path: Path
+) -> None:
     import mlflow
 
     spec = trained.spec
@@ -161,18 +204,10 @@ def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path
     assert (model_dir / "code" / "portfolio" / "core" / "mlflow_model.py").exists()
 
     # The consumer: a new virtualenv with the model's declared requirements only, from PyPI.
-    venv = tmp_path / "consumer"
-    uv = bin_path("uv")
-    subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=300)
-    python = venv / "bin" / "python"
-    done = subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(python), "-r", str(model_dir / "requirements.txt")],
-        capture_output=True,
-        text=True,
-        timeout=1200,
+    python = consumers.python(model_dir / "requirements.txt")
+    installed = subprocess.run(
+        [bin_path("uv"), "pip", "freeze", "--python", str(python)], capture_output=True, text=True
     )
-    require(done.returncode == 0, f"installing the model's requirements failed: {done.stderr[-2000:]}")
-    installed = subprocess.run([uv, "pip", "freeze", "--python", str(python)], capture_output=True, text=True)
     assert PROJECT_DISTRIBUTION not in installed.stdout.lower()
 
     raw = _raw(spec)
@@ -191,7 +226,7 @@ def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path
     bad.to_csv(refused, index=False)
 
     env = {
-        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "PATH": f"{python.parent}:/usr/bin:/bin",
         "HOME": os.environ.get("HOME", "/tmp"),
         "MLFLOW_TRACKING_URI": trained.settings.tracking_uri,
         # The model is code + a skops file: nothing is unpickled, so this stays off.
@@ -224,24 +259,16 @@ def test_pyfunc_in_a_clean_env_matches_the_cli(trained: TrainedService, tmp_path
     assert actual[actual.columns[0]].tail(len(sample) - 2000).isna().all()
     assert actual["error"].head(2000).isna().sum() == valid.head(2000).sum()
 
-    # spark_udf in the same environment, on the same rows, against the pyfunc (equal to the CLI).
-    version = {r.split("==")[0].lower(): r.split("==")[1] for r in requirements}
-    engine = [f"pyspark=={_locked('pyspark')}"]
-    if "pyarrow" not in version:  # Spark's pandas UDFs move batches as Arrow
-        engine.append(f"pyarrow=={_locked('pyarrow')}")
-    done = subprocess.run(
-        [uv, "pip", "install", "-q", "--python", str(python), *engine],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    require(done.returncode == 0, f"installing pyspark into the consumer failed: {done.stderr[-2000:]}")
+    # spark_udf in the same environment plus the engine, on the same rows, against the pyfunc
+    # (equal to the CLI).
+    python = consumers.python(model_dir / "requirements.txt", spark=True)
     require(
         subprocess.run(["java", "-version"], capture_output=True).returncode == 0, "java is not installed"
     )
     spark_script, spark_out = tmp_path / "spark_consumer.py", tmp_path / "spark.parquet"
     spark_script.write_text(SPARK_CONSUMER)
     spark_env = {**env, "PYSPARK_PYTHON": str(python), "PYSPARK_DRIVER_PYTHON": str(python)}
+    spark_env["PATH"] = f"{python.parent}:/usr/bin:/bin"
     spark_env["JAVA_HOME"] = os.environ.get("JAVA_HOME", "")
     if not spark_env["JAVA_HOME"]:
         del spark_env["JAVA_HOME"]

@@ -30,8 +30,10 @@ from portfolio.core.model_cache import (
     LoadedModel,
     ModelIntegrityError,
     NoChampionError,
+    cache_dir,
     load_artifact,
     load_cached_champion,
+    load_cached_version,
     remember_champion,
 )
 from portfolio.core.settings import Settings
@@ -206,6 +208,9 @@ def load_serving_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel:
     """``registry.load_champion`` for an API worker: the registry read in a child, with retries;
     when the tracking server stays unreachable, the most recently cached champion
     (``source == "cache"``). Raises ``NoChampionError`` when there is no champion."""
+    held = _champion_already_cached(spec, settings)
+    if held is not None:
+        return held
     try:
         version, fetched = resolve_and_fetch(settings, spec.name, CHAMPION, retries=None)
     except RegistryUnavailable as exc:
@@ -217,6 +222,27 @@ def load_serving_champion(spec: ServiceSpec, settings: Settings) -> LoadedModel:
     if version is None or fetched is None:
         raise NoChampionError(f"no champion registered for {spec.name!r}: run `portfolio train {spec.name}`")
     loaded = load_fetched(spec, fetched)
+    remember_champion(settings, spec.name, loaded.version)
+    return loaded
+
+
+def _champion_already_cached(spec: ServiceSpec, settings: Settings) -> LoadedModel | None:
+    """The champion loaded straight from the local cache when the alias, read directly
+    (``_read_alias``), points to a version a child already downloaded and verified: a restart, a
+    second worker or a new replica on the same volume then costs no child (~2-5 s of CPU importing
+    MLflow). The artifact is still checked against the sha256 the child recorded from the
+    registry's tag (a registered version's artifact never changes). None when the alias cannot be
+    read this way or the version is not cached or does not check out: the child then fetches it."""
+    told, version = _read_alias(settings, spec.name, CHAMPION)
+    if not told or version is None or not (cache_dir(settings, spec.name, version) / "version.json").exists():
+        return None
+    try:
+        loaded = load_cached_version(spec, settings, version, source="registry")
+    except (ModelIntegrityError, OSError, ValueError, KeyError) as exc:
+        # A damaged or tampered cache entry: the child downloads it again and checks it against
+        # the registry's checksum (a mismatch there is refused).
+        log.warning("%s v%s: cached copy unusable (%s); fetching it again", spec.name, version, exc)
+        return None
     remember_champion(settings, spec.name, loaded.version)
     return loaded
 
