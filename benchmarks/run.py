@@ -280,9 +280,13 @@ def shadow_cost(settings: Settings, add: Any) -> None:
                     if on == "true":
                         text = httpx.get(f"{base}/metrics").text
                         for outcome in ("scored", "dropped_queue_full"):
-                            labels = f'{{outcome="{outcome}",service="{name}"}}'
+                            # The labels as the API exports them (model_service, then outcome);
+                            # a missing series is an error, never a silent 0.
+                            labels = f'{{model_service="{name}",outcome="{outcome}"}}'
                             found = re.search(rf"portfolio_shadow_records_total{labels} ([0-9.e+]+)", text)
-                            value = float(found.group(1)) if found else 0.0
+                            if found is None:
+                                raise RuntimeError(f"no portfolio_shadow_records_total{labels} in /metrics")
+                            value = float(found.group(1))
                             add(
                                 f"{tag}: records shadow-{outcome.replace('_', ' ')}",
                                 value,
