@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING
 
-from portfolio.core.spec import ServiceSpec
+if TYPE_CHECKING:  # the spec module imports pandas and scikit-learn; a CLI command may need neither
+    from portfolio.core.spec import ServiceSpec
 
 # name → the module whose SPEC it is, in the order the services are listed everywhere.
 _SPEC_MODULES: dict[str, str] = {
@@ -21,7 +23,7 @@ _SPEC_MODULES: dict[str, str] = {
 }
 
 
-class _Services(Mapping[str, ServiceSpec]):
+class _Services(Mapping[str, "ServiceSpec"]):
     """``SERVICES``: a read-only mapping whose values are imported on first access."""
 
     def __getitem__(self, name: str) -> ServiceSpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +18,7 @@ from tests.carvision.conftest import RECORD
 from tests.core.test_serving_imports import assert_serving_imports_only
 from tests.support.helpers import ROOT
 from tests.support.live import TrainedService, require_data, warm_worker_modules
-from tests.support.parity import assert_fast_path_parity
+from tests.support.parity import assert_fast_path_parity, assert_served_as_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +199,9 @@ def test_a_warm_worker_answers_requests_without_numba(carvision_trained: Trained
     """A CarVision request's row is walked in numpy (two boosters of 800 x 6 steps, each under
     fastpath/trees.py's _NUMPY_WALK_STEPS), so a worker that answers /predict holds no numba."""
     assert_serving_imports_only(warm_worker_modules(carvision_trained.settings, "carvision"), "carvision")
+
+
+def test_served_worker_without_pyarrow_answers_as_in_process(
+    carvision_api: str, carvision_trained: TrainedService, data_dir: Path
+) -> None:
+    assert_served_as_in_process(carvision_api, SPEC, carvision_trained.settings, data_dir)

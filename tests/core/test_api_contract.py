@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from portfolio.core.settings import Settings
 from tests.support.clients import over_limit_body, post_http_client, post_urllib
 from tests.support.fuzz import assert_fuzz_clean
 from tests.support.live import live_api, state_env
+from tests.support.parity import assert_served_as_in_process
 
 pytestmark = pytest.mark.integration
 
@@ -148,3 +150,9 @@ def test_unknown_paths_and_methods_answer_in_the_error_shape(api: str) -> None:
     assert r.status_code == 404 and r.json()["detail"] == [{"field": "path", "reason": "Not Found"}]
     r = httpx.get(f"{api}/predict", timeout=10)
     assert r.status_code == 405 and r.json()["detail"][0]["field"] == "method"
+
+
+def test_served_worker_without_pyarrow_answers_as_in_process(
+    api: str, bank_state: Settings, data_dir: Path
+) -> None:
+    assert_served_as_in_process(api, SPEC, bank_state, data_dir)

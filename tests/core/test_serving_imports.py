@@ -18,6 +18,8 @@ REGISTRY_CLIENT = ("mlflow", "sqlalchemy", "alembic", "portfolio.core.registry")
 # numba and its compiler (~110 MB a worker): a request's rows are walked in numpy
 # (fastpath/trees.py _NUMPY_WALK_STEPS), so they load only with a worker's first batch.
 NUMBA = ("numba", "llvmlite")
+# pandas' Arrow backend (~36-40 MB a worker): `portfolio serve` keeps it out (core/processes.py).
+ARROW = ("pyarrow",)
 
 
 def assert_serving_imports_only(modules: list[str], service: str) -> None:
@@ -34,6 +36,7 @@ def assert_serving_imports_only(modules: list[str], service: str) -> None:
         ("training-only", TRAINING_ONLY),
         ("registry client", REGISTRY_CLIENT),
         ("numba", NUMBA),
+        ("pyarrow", ARROW),
         ("other services'", others),
     )
     for kind, names in groups:

@@ -21,7 +21,7 @@ from portfolio.services import SERVICES
 from tests.plan.conftest import DATA_FILE
 from tests.support.helpers import ROOT
 from tests.support.live import TrainedService, live_api
-from tests.support.parity import assert_fast_path_parity
+from tests.support.parity import assert_fast_path_parity, assert_served_as_in_process
 
 pytestmark = pytest.mark.integration
 PORTFOLIO = str(ROOT / ".venv" / "bin" / "portfolio")
@@ -130,3 +130,9 @@ def test_explain_cli_adds_up_and_names_a_bad_field(plan_trained: TrainedService)
     assert total == pytest.approx(body["output_value"], abs=1e-4)
     bad = _cli(plan_trained, "explain", "plan", json.dumps(heavy | {"mb_used": "lots"}))
     assert bad.returncode == 2 and "mb_used" in bad.stderr
+
+
+def test_served_worker_without_pyarrow_answers_as_in_process(
+    api: str, plan_trained: TrainedService, data_dir: Path
+) -> None:
+    assert_served_as_in_process(api, SPEC, plan_trained.settings, data_dir)

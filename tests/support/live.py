@@ -15,6 +15,7 @@ from pathlib import Path
 from subprocess import Popen
 from typing import TypeVar
 
+import psutil
 import pytest
 
 from portfolio.core.processes import bin_path, free_port, start, stop, wait_http
@@ -46,6 +47,8 @@ def state_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 _WORKER = """
 import json, sys, time
+from portfolio.core.processes import keep_pyarrow_out
+assert keep_pyarrow_out()  # as `portfolio serve` does, first
 from fastapi.testclient import TestClient
 from portfolio.app import app_from_env
 from portfolio.services import get_spec
@@ -123,9 +126,22 @@ def running(
             wait_http(f"{url}{ready}", timeout=timeout, proc=proc)
         except Exception as exc:
             raise AssertionError(f"{what} did not start ({exc}):\n{server.log_tail()}") from None
+        if argv[1:2] == ["serve"]:
+            assert_no_pyarrow(proc.pid)
         yield server
     finally:
         stop(proc)
+
+
+def assert_no_pyarrow(pid: int) -> None:
+    """`portfolio serve`'s process and its workers have not loaded pyarrow (core/processes.py
+    ``keep_pyarrow_out``: 36-40 MB a worker)."""
+    server = psutil.Process(pid)
+    for p in [server, *server.children(recursive=True)]:
+        loaded = [m.path for m in p.memory_maps() if "libarrow" in m.path]
+        assert not loaded, (
+            f"API process {p.pid} ({' '.join(p.cmdline()[:4])}) has pyarrow loaded: {loaded[:3]}"
+        )
 
 
 @contextmanager

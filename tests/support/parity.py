@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
+import pandas as pd
+from fastapi.testclient import TestClient
 
 from portfolio.core import registry
 from portfolio.core.data import read_raw_csv
 from portfolio.core.schema import validate_frame
+from portfolio.core.serving.api import create_app
 from portfolio.core.serving.inference import Predictor
 from portfolio.core.settings import Settings
 from portfolio.core.spec import ServiceSpec
@@ -50,3 +56,52 @@ def assert_fast_path_parity(spec: ServiceSpec, settings: Settings, data_dir: Pat
         expected = reference.predict(X)
         for scores in (fast, small):
             np.testing.assert_allclose(scores, expected, atol=0.01, rtol=0)
+
+
+def json_records(spec: ServiceSpec, raw: pd.DataFrame) -> list[dict[str, Any]]:
+    """Raw rows (as read from the CSV) as JSON request records: numbers as numbers, missing values
+    as null, text (dates too) as it is in the file."""
+    records = []
+    for row in raw[spec.feature_names].to_dict(orient="records"):
+        record: dict[str, Any] = {}
+        for f in spec.fields:
+            v = row[f.name]
+            if v is None or (isinstance(v, float) and np.isnan(v)) or (isinstance(v, str) and not v.strip()):
+                record[f.name] = None
+            elif f.kind == "int":
+                record[f.name] = int(float(v))
+            elif f.kind == "float":
+                record[f.name] = float(v)
+            else:
+                record[f.name] = v.item() if isinstance(v, np.generic) else v
+        records.append(record)
+    return records
+
+
+def assert_served_as_in_process(
+    url: str, spec: ServiceSpec, settings: Settings, data_dir: Path, rows: int = 300
+) -> None:
+    """A served API (`portfolio serve`: its worker runs without pyarrow, core/processes.py
+    ``keep_pyarrow_out``) answers ``rows`` real records, with their explanations, exactly as the
+    same app in this process, where pandas has pyarrow: every field of every answer equal."""
+    raw = read_raw_csv(data_dir / spec.data_file)
+    sample = raw.sample(min(rows, len(raw)), random_state=3)
+    records = json_records(spec, sample[validate_frame(sample, spec.fields).valid_mask])
+    assert len(records) >= 0.9 * min(rows, len(raw))
+    body = {"records": records}
+    served = httpx.post(f"{url}/predict/batch", json=body, timeout=120)
+    assert served.status_code == 200, served.text[:2000]
+    with TestClient(create_app(spec, settings)) as client:
+        deadline = time.monotonic() + 120
+        while (ready := client.get("/ready")).status_code != 200:  # the model loads in the background
+            assert time.monotonic() < deadline, ready.text
+            time.sleep(0.2)
+        here = client.post("/predict/batch", json=body)
+    assert here.status_code == 200, here.text[:2000]
+    theirs, ours = served.json(), here.json()
+    assert theirs["count"] == ours["count"] == len(records)
+    assert theirs["predictions"] == ours["predictions"]
+    one = httpx.post(f"{url}/predict", json=records[0], timeout=30).json()
+    assert {k: v for k, v in one.items() if k != "request_id"} == {
+        k: v for k, v in ours["predictions"][0].items() if k != "request_id"
+    }

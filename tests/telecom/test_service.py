@@ -25,7 +25,7 @@ from portfolio.telecom.spec import MIN_PRECISION, MIN_RECALL, SPEC
 from tests.core.test_serving_imports import assert_serving_imports_only
 from tests.support.helpers import ROOT
 from tests.support.live import TrainedService, live_api, warm_worker_modules
-from tests.support.parity import assert_fast_path_parity
+from tests.support.parity import assert_fast_path_parity, assert_served_as_in_process
 from tests.telecom.conftest import DATA_FILE
 
 pytestmark = pytest.mark.integration
@@ -274,3 +274,10 @@ def test_api_rejects_unknown_category_naming_the_field(api: str) -> None:
     r = httpx.post(f"{api}/predict", json=_record() | {"MonthlyCharges": "lots"}, timeout=10)
     assert r.status_code == 422 and r.json()["detail"][0]["field"] == "MonthlyCharges"
     assert httpx.get(f"{api}/health", timeout=10).status_code == 200
+
+
+def test_served_worker_without_pyarrow_answers_as_in_process(
+    api: str, telecom_trained: TrainedService, data_dir: Path
+) -> None:
+    """With the per-customer explanations (top_factors name the categories' values)."""
+    assert_served_as_in_process(api, SPEC, telecom_trained.settings, data_dir)

@@ -29,11 +29,17 @@ def cli_settings() -> Settings:
 
 def service_spec(name: str) -> Any:
     """The service's spec; an unknown name exits with code 2."""
-    try:
-        return get_spec(name)
-    except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
-        raise typer.Exit(2) from None
+    require_service(name)
+    return get_spec(name)
+
+
+def require_service(name: str) -> None:
+    """Exit with code 2 when ``name`` is not a service, without importing its spec (and pandas,
+    scikit-learn and the model libraries with it): `portfolio serve`'s supervisor needs only the
+    name."""
+    if name not in SERVICES:
+        console.print(f"[red]unknown service {name!r}; choose from {', '.join(SERVICES)}[/red]")
+        raise typer.Exit(2)
 
 
 def write_text(path: Path, text: str) -> None:

@@ -14,7 +14,15 @@ import typer
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from portfolio.cli.common import ServiceArg, cli_settings, console, out, scoring_predictor, service_spec
+from portfolio.cli.common import (
+    ServiceArg,
+    cli_settings,
+    console,
+    out,
+    require_service,
+    scoring_predictor,
+    service_spec,
+)
 from portfolio.core.settings import get_settings
 
 
@@ -161,6 +169,9 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes (PORTFOLIO_WORKERS).")] = None,
 ) -> None:
     """Start the service's API (uvicorn)."""
+    from portfolio.core.processes import keep_pyarrow_out
+
+    keep_pyarrow_out()  # first: nothing has imported pandas yet (core/processes.py says why)
     import uvicorn
 
     from portfolio.core.logs import setup_logging, uvicorn_log_config
@@ -168,7 +179,7 @@ def serve(
 
     settings = cli_settings()
     setup_logging(settings.log_level)  # a server's every line is JSON (log collectors parse them)
-    service_spec(service)
+    require_service(service)  # the spec itself is imported by the app, in the worker
     os.environ["PORTFOLIO_SERVICE"] = service
     config: dict[str, Any] = {
         "app": "portfolio.app:app_from_env",

@@ -48,6 +48,9 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 def _worker(config: dict[str, Any]) -> None:
     """One worker process: its own socket, then a uvicorn server on it."""
+    from portfolio.core.processes import keep_pyarrow_out
+
+    keep_pyarrow_out()  # a new interpreter (spawn): before the app imports pandas
     import uvicorn
 
     try:
