@@ -144,3 +144,44 @@ def test_openapi_documents_the_request_bodies(client: TestClient) -> None:
     assert batch["properties"]["records"]["maxItems"] == 5
     errors = doc["paths"]["/predict"]["post"]["responses"]["422"]["content"]["application/json"]["schema"]
     assert errors["$ref"].endswith("/ErrorBody")
+
+
+_OTEL = """
+import sys
+from fastapi.testclient import TestClient
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from portfolio.core.serving.api import create_app
+from tests.conftest import make_settings
+from tests.support import synthetic
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)  # an operator's OpenTelemetry set-up, process-wide
+for on in (False, True):
+    settings = make_settings(__import__("pathlib").Path(sys.argv[1]) / str(on), opentelemetry=on)
+    with TestClient(create_app(synthetic.CLASSIFIER, settings)) as client:
+        assert client.get("/health").status_code == 200
+    print(on, len(exporter.get_finished_spans()))
+    exporter.clear()
+"""
+
+
+def test_fastapi_opentelemetry_only_with_the_setting(tmp_path: Path) -> None:
+    """PORTFOLIO_OPENTELEMETRY: off by default (the check cost every request ~9 us), on it traces
+    to the process's configured provider (a subprocess: the provider is process-wide)."""
+    import subprocess
+    import sys
+
+    from tests.support.helpers import ROOT
+
+    done = subprocess.run(
+        [sys.executable, "-c", _OTEL, str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    spans = dict(line.split() for line in done.stdout.split("\n") if line.strip())
+    assert spans["False"] == "0" and int(spans["True"]) > 0, done.stdout
+    assert Settings().opentelemetry is False

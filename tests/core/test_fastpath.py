@@ -56,6 +56,31 @@ def test_column_transformer_matches_scikit_learn(scale: bool, rows: int) -> None
     np.testing.assert_allclose(compile_column_transformer(ct)(cols), ct.transform(test), atol=1e-12)
 
 
+def test_one_row_requests_encode_like_the_batch_and_remember_a_bounded_number_of_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request's row takes the remembered encodings of its text values (encoders.py
+    ``_one_text_row``): rows one at a time, with repeats, unseen and missing categories, equal
+    the batch's encoding bit for bit; unseen values fill a column's memory up to its bound."""
+    import portfolio.core.fastpath.encoders as encoders
+
+    monkeypatch.setattr(encoders, "_MEMO_VALUES", 6)
+    train = _typed(300, 1)
+    ct = tabular_preprocessor(["x1", "x2", "noise"], ["color"], scale=True).fit(train)
+    test = _typed(120, 2)
+    test.loc[0:3, "color"] = ["violet", None, "violet", "ultraviolet"]
+    test.loc[4:19, "color"] = [f"unseen-{i}" for i in range(16)]
+    fast = compile_column_transformer(ct)
+    records = test.to_dict("records")
+    one_by_one = np.concatenate(
+        [fast(to_columns([r], synthetic.FIELDS)) for r in records]  # type: ignore[list-item]
+    )
+    np.testing.assert_array_equal(one_by_one, fast(to_columns(records, synthetic.FIELDS)))  # type: ignore[arg-type]
+    np.testing.assert_allclose(one_by_one, ct.transform(test), atol=1e-12)
+    text_blocks = [b for b in fast.blocks if b.categorical]
+    assert text_blocks and all(len(m) == 6 for b in text_blocks for m in b._memo)
+
+
 def test_records_become_the_same_columns_with_or_without_every_field() -> None:
     """A request may leave an optional field out of its record: with or without every field,
     records give the frame's own columns, missing numbers as NaN."""

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         ge=0,
         description="Prediction log: delete a service's log files older than this many days (0: keep all).",
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="FastAPI's native OpenTelemetry (traces, metrics and logs to the globally "
+        "configured providers). Off: the platform's metrics are Prometheus's (/metrics), and the "
+        "check whether a provider is configured cost every request ~9 us (issue 33).",
+    )
     shadow: bool = Field(
         default=False,
         description="Also score the registered @challenger off the request path and log its outputs "

@@ -356,6 +356,8 @@ class _TreeArrays:
         and the ~110 MB its compiler takes in each worker (issue 33), out of a worker until it
         scores more (``_NUMPY_WALK_STEPS`` says for which sizes and what it costs)."""
         n = x.shape[0]
+        if n == 1:
+            return self._numpy_row(x[0], init, float32)
         # Row r's column 2f holds feature f with missing as -inf, column 2f + 1 with missing as +inf.
         xb = np.where(np.isnan(x)[:, :, None], _MISSING_SIDES, x[:, :, None]).ravel()
         child, column, thresholds = self._child, self._column, self.thresholds
@@ -367,6 +369,20 @@ class _TreeArrays:
         acc[:, 0] = init
         acc[:, 1:] = self.value[node]
         return np.cumsum(acc, axis=1)[:, -1].astype(np.float64)
+
+    def _numpy_row(self, row: np.ndarray, init: float, float32: bool) -> np.ndarray:
+        """``_numpy_rows`` of one row (a /predict request), on 1-D arrays: the same steps without
+        the row offsets and broadcasting, which were 40% of a BankChurn request's walk (400 trees of
+        depth 3: 105 against 63 us, the same bits; issue 33)."""
+        xb = np.where(np.isnan(row)[:, None], _MISSING_SIDES, row[:, None]).ravel()
+        child, column, thresholds = self._child, self._column, self.thresholds
+        node = self._roots
+        for _ in range(self.depth):
+            node = child[node] + (xb[column[node]] >= thresholds[node])
+        acc = np.empty(self.n_trees + 1, dtype=np.float32 if float32 else np.float64)
+        acc[0] = init
+        acc[1:] = self.value[node]
+        return np.cumsum(acc)[-1:].astype(np.float64)
 
     def sums(self, m: Matrix, init: float = 0.0, float32: bool = False) -> np.ndarray:
         """Per row, ``init`` plus the leaf value reached in every tree, added in tree order in
