@@ -96,3 +96,25 @@ def test_requests_through_the_fast_route_are_counted(client: TestClient) -> None
     before = count()
     assert client.post("/predict", json=GOOD).status_code == 200
     assert count() == before + 1
+
+
+def test_the_fast_lane_skips_the_stack_unless_cors_must_see_every_request(synth_trained: Settings) -> None:
+    """Plain prediction requests enter by the app's FastLane (its request middleware around the
+    fast route); with CORS configured they go through the whole stack, so a browser's
+    cross-origin POST gets its CORS headers, still from the fast route."""
+    plain = create_app(synthetic.CLASSIFIER, synth_trained)
+    assert plain.fast_lane is not None
+    assert plain.fast_lane.takes({"type": "http", "path": "/predict", "method": "POST", "query_string": b""})
+    assert not plain.fast_lane.takes(
+        {"type": "http", "path": "/predict", "method": "GET", "query_string": b""}
+    )
+    cors = create_app(
+        synthetic.CLASSIFIER, synth_trained.model_copy(update={"cors_origins": "https://a.example"})
+    )
+    assert cors.fast_lane is None
+    with TestClient(cors) as c:
+        wait_ready(c)
+        r = c.post("/predict", json=GOOD, headers={"Origin": "https://a.example"})
+    assert r.status_code == 200, r.text
+    assert r.headers["access-control-allow-origin"] == "https://a.example"
+    assert len(r.headers["x-request-id"]) == 32

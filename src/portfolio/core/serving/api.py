@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 def create_app(
     spec: ServiceSpec, settings: Settings | None = None, holder: ModelHolder | None = None
-) -> FastAPI:
+) -> "ServingApp":
     """The service's FastAPI application (the model loads in the background once it starts).
 
     Args:
