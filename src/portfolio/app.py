@@ -7,6 +7,7 @@ import os
 
 from fastapi import FastAPI
 
+from portfolio.core.fastpath.trees import set_numpy_walk_steps
 from portfolio.core.logs import setup_logging
 from portfolio.core.processes import keep_freed_memory
 from portfolio.core.serving.api import create_app
@@ -23,4 +24,5 @@ def app_from_env() -> FastAPI:
     settings = get_settings()
     setup_logging(settings.log_level)
     keep_freed_memory()
+    set_numpy_walk_steps(settings.numpy_walk_max_steps)
     return create_app(get_spec(os.environ.get("PORTFOLIO_SERVICE", "bankchurn")), settings)

@@ -46,3 +46,9 @@ def assert_serving_imports_only(modules: list[str], service: str) -> None:
 
 def test_a_warm_api_worker_imports_no_training_only_library(bank_state: Settings) -> None:
     assert_serving_imports_only(warm_worker_modules(bank_state, "bankchurn"), "bankchurn")
+
+
+def test_an_operator_may_trade_the_memory_for_numba_walks(bank_state: Settings) -> None:
+    """PORTFOLIO_NUMPY_WALK_MAX_STEPS=0: every walk, a request's too, is numba's."""
+    modules = warm_worker_modules(bank_state, "bankchurn", PORTFOLIO_NUMPY_WALK_MAX_STEPS="0")
+    assert "numba" in modules and "portfolio.core.serving.api" in modules

@@ -72,13 +72,14 @@ with TestClient(app) as client:
 """
 
 
-def warm_worker_modules(settings: Settings, service: str) -> list[str]:
-    """The modules an API worker of ``service`` on ``settings``' state has imported once its model
-    is loaded and warm, ``/predict`` answered, ``/metrics`` scraped (the drift reference fetched)
-    and the champion polled once (a fresh process: tests/core/test_serving_imports.py)."""
+def warm_worker_modules(settings: Settings, service: str, **extra: str) -> list[str]:
+    """The modules an API worker of ``service`` on ``settings``' state (and ``extra`` variables)
+    has imported once its model is loaded and warm, ``/predict`` answered, ``/metrics`` scraped
+    (the drift reference fetched) and the champion polled once (a fresh process:
+    tests/core/test_serving_imports.py)."""
     env = {
         **os.environ,
-        **state_env(settings, PORTFOLIO_SERVICE=service, PORTFOLIO_MODEL_POLL_INTERVAL_S="0.2"),
+        **state_env(settings, PORTFOLIO_SERVICE=service, PORTFOLIO_MODEL_POLL_INTERVAL_S="0.2", **extra),
     }
     proc = subprocess.run(
         [sys.executable, "-c", _WORKER, service], env=env, capture_output=True, text=True, timeout=300

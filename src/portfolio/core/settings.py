@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         ge=0,
         description="Prediction log: delete a service's log files older than this many days (0: keep all).",
     )
+    numpy_walk_max_steps: int = Field(
+        default=8192,
+        ge=0,
+        description="API workers: requests of at most this many rows x trees x depth steps walk the "
+        "trees in numpy, larger ones with numba (core/fastpath/trees.py). The default keeps numba "
+        "(~110 MB) out of a worker that answers single records; 0 walks everything with numba, "
+        "faster per request (most for CarVision's 800-tree boosters) for that memory.",
+    )
     opentelemetry: bool = Field(
         default=False,
         description="FastAPI's native OpenTelemetry (traces, metrics and logs to the globally "

@@ -50,7 +50,16 @@ _ROWS_PER_THREAD = 256
 # rounds of 200): TelecomAI 1,497 against 1,026 us, CarVision 694 against 424 us; earlier
 # (2026-12-06) BankChurn 184-195 against 134 us, Plan 128 against 82 us. 0 walks every row
 # with numba (the fastest, ~110 MB more per worker).
-_NUMPY_WALK_STEPS = 8192
+_NUMPY_WALK_STEPS = 8192  # PORTFOLIO_NUMPY_WALK_MAX_STEPS in an API worker (set_numpy_walk_steps)
+
+
+def set_numpy_walk_steps(steps: int) -> None:
+    """This process's bound for the numpy walk (``_NUMPY_WALK_STEPS``); an API worker sets it
+    from its settings at start."""
+    global _NUMPY_WALK_STEPS
+    _NUMPY_WALK_STEPS = int(steps)
+
+
 # A missing value as the one-row walk reads it: -inf in column 2f, +inf in column 2f + 1.
 _MISSING_SIDES = np.array([[-np.inf, np.inf]], dtype=np.float32)
 _CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
