@@ -176,7 +176,8 @@ def test_realized_metrics_equal_those_of_the_apis_answers(
     logs = tmp_path / "predictions"
     env = state_env(bank_state, PORTFOLIO_PREDICTION_LOG_DIR=str(logs))
     answered: dict[str, dict[str, Any]] = {}
-    with live_api("bankchurn", env, tmp_path) as api, httpx.Client(base_url=api.url) as http:
+    # 30 s timeouts: the suite runs on two workers of a 2-core machine (httpx's default is 5 s).
+    with live_api("bankchurn", env, tmp_path) as api, httpx.Client(base_url=api.url, timeout=30) as http:
         r = http.post("/predict/batch", json={"records": records[:300]}, headers={"X-Request-ID": "batch1"})
         assert r.status_code == 200
         for i, p in enumerate(r.json()["predictions"]):
@@ -193,7 +194,7 @@ def test_realized_metrics_equal_those_of_the_apis_answers(
         for _ in range(100):
             if len(list(read_log(logs, "bankchurn"))) == 400:
                 break
-            httpx.get(f"{api.url}/health")
+            httpx.get(f"{api.url}/health", timeout=30)
         runner = CliRunner()
         res = runner.invoke(cli_app, ["feedback", "bankchurn", str(labels)], env=env)
         assert res.exit_code == 0, res.output

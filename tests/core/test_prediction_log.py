@@ -156,7 +156,7 @@ def test_sigterm_flushes_every_answered_record(bank_state: Settings, tmp_path: P
     logs = tmp_path / "predictions"
     env = state_env(bank_state, PORTFOLIO_PREDICTION_LOG_DIR=str(logs))
     answers: dict[str, Any] = {}
-    with live_api("bankchurn", env, tmp_path) as api, httpx.Client(base_url=api.url) as http:
+    with live_api("bankchurn", env, tmp_path) as api, httpx.Client(base_url=api.url, timeout=30) as http:
         for i in range(150):
             r = http.post(
                 "/predict", json=BANK_RECORD | {"Age": 20 + i % 60}, headers={"X-Request-ID": f"s{i}"}
@@ -178,7 +178,7 @@ def test_a_killed_server_keeps_what_the_idle_writer_flushed(bank_state: Settings
     """SIGKILL (no shutdown at all) after the writer went idle: nothing answered is lost."""
     logs = tmp_path / "predictions"
     env = state_env(bank_state, PORTFOLIO_PREDICTION_LOG_DIR=str(logs))
-    with live_api("bankchurn", env, tmp_path) as api, httpx.Client(base_url=api.url) as http:
+    with live_api("bankchurn", env, tmp_path) as api, httpx.Client(base_url=api.url, timeout=30) as http:
         for i in range(40):
             assert (
                 http.post("/predict", json=BANK_RECORD, headers={"X-Request-ID": f"k{i}"}).status_code == 200

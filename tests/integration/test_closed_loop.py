@@ -67,7 +67,7 @@ def _wait_for_challenger(url: str) -> None:
             shadow = http.get("/model").json()["shadow"]
             if shadow["challenger_version"] == "2":
                 return
-            httpx.get(f"{url}/health")
+            httpx.get(f"{url}/health", timeout=30)
     raise AssertionError(f"the challenger never loaded: {shadow}")
 
 

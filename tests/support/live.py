@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -192,17 +194,53 @@ _TRAINED: dict[str, TrainedService] = {}
 
 def train_real(spec: ServiceSpec, tmp_path_factory: pytest.TempPathFactory) -> TrainedService:
     """`train_service(spec)` on the real data, exactly as `portfolio train NAME` runs it; once per
-    test session and service (the service's tests and the cross-service ones share the run)."""
+    test run and service (the service's tests and the cross-service ones share the run). Under
+    pytest-xdist (`make test`) the first worker that needs it trains it, the other waits for that
+    run, and each worker gets its own copy of the trained state (see ``_shared_training``)."""
     if spec.name not in _TRAINED:
-        _TRAINED[spec.name] = _train_real(spec, tmp_path_factory)
+        shared = _xdist_shared_dir(tmp_path_factory)
+        if shared is None:
+            _TRAINED[spec.name] = _train_real(spec, tmp_path_factory.mktemp(f"{spec.name}-state"))
+        else:
+            _TRAINED[spec.name] = _shared_training(spec, shared, tmp_path_factory)
     return _TRAINED[spec.name]
 
 
-def _train_real(spec: ServiceSpec, tmp_path_factory: pytest.TempPathFactory) -> TrainedService:
+def _xdist_shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
+    """The directory the workers of this pytest-xdist run share (None without xdist): the parent
+    of every worker's own base temp dir."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return None
+    return tmp_path_factory.getbasetemp().parent / "trained-services"
+
+
+def _shared_training(
+    spec: ServiceSpec, shared: Path, tmp_path_factory: pytest.TempPathFactory
+) -> TrainedService:
+    """One training of ``spec`` for all workers (under a file lock: the pytest-xdist "session
+    fixture executed only once" pattern), then a private copy of its state dir for this worker,
+    so that whatever a worker's tests write into their state (as they do in a one-process run)
+    never reaches the other worker's. The copy's MLflow store names the artifacts of the shared
+    run by absolute path: both workers read the same model files."""
+    from filelock import FileLock
+
+    shared.mkdir(parents=True, exist_ok=True)
+    source, summary = shared / spec.name, shared / f"{spec.name}.pickle"
+    with FileLock(str(shared / f"{spec.name}.lock")):
+        if not summary.exists():
+            trained = _train_real(spec, source)
+            summary.write_bytes(pickle.dumps((trained.outcome, trained.seconds)))
+    outcome, seconds = pickle.loads(summary.read_bytes())
+    state = tmp_path_factory.mktemp(f"{spec.name}-state")
+    shutil.copytree(source, state, dirs_exist_ok=True)
+    return TrainedService(spec, make_settings(state), outcome, seconds)
+
+
+def _train_real(spec: ServiceSpec, state: Path) -> TrainedService:
     from portfolio.core.training.train import train_service
 
     require_data(spec)
-    settings = make_settings(tmp_path_factory.mktemp(f"{spec.name}-state"))
+    settings = make_settings(state)
     begin = time.monotonic()
     outcome = train_service(spec, settings)
     return TrainedService(spec, settings, outcome, time.monotonic() - begin)
