@@ -61,8 +61,8 @@ log = logging.getLogger(__name__)
 # How long queued records wait for the writer at most while the queue is less than half full.
 FLUSH_INTERVAL_S = 0.05
 OUTCOMES = ("written", "sampled_out", "dropped_queue_full", "write_error")
-# The writer gives the interpreter lock back after each request and every this many records.
-_YIELD_EVERY = 256
+# The writer gives the interpreter lock back after holding it this long (``_breathe``).
+_SLICE_S = 0.001
 
 
 class PredictionLog:
@@ -120,6 +120,7 @@ class PredictionLog:
         self._pruned_at = 0.0
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._slice_start = 0.0
 
     @classmethod
     def from_settings(
@@ -202,17 +203,14 @@ class PredictionLog:
 
     def _run(self) -> None:
         while True:
-            for item, records in self._queue.take():
+            taken = self._queue.take()
+            self._slice_start = time.perf_counter()
+            for item, records in taken:
                 try:
                     self._write(item)
                 finally:
                     self._queue.done(records)
-                # Give the interpreter lock back after each request's records. Holding it through
-                # a whole wake-up's worth made every system call of the event loop (epoll, recv,
-                # send) hand the lock to this thread and wait for it again: a BankChurn worker
-                # answered 1,577 /predict a second, its event loop 73% busy, against 3,674 with the
-                # log off; with this, 3,295-3,351 and 95% (issue 33, wrk 8 connections, 10 s).
-                time.sleep(0)
+                self._breathe()
             if self._file is not None:
                 self._file.flush()  # the queue was empty: what was written is in the OS now
             if self._queue.stopping and self._queue.empty():  # close(): all queued before it is written
@@ -220,6 +218,19 @@ class PredictionLog:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _breathe(self) -> None:
+        """Give the interpreter lock back once this thread has held it ``_SLICE_S`` (issue 33).
+        Holding it through a whole wake-up's worth of records made every system call of the
+        event loop (epoll, recv, send) hand the lock to this thread and wait for it again: a
+        BankChurn worker answered 1,577 /predict a second with its event loop 73% busy, against
+        3,674 with the log off. Giving it back after every request instead starved this thread
+        under sustained load (each take-back waits up to the switch interval, 5 ms): in `make
+        soak` (32 connections) the queue filled and a BankChurn worker grew 261 -> 406 MB."""
+        now = time.perf_counter()
+        if now - self._slice_start >= _SLICE_S:
+            time.sleep(0)
+            self._slice_start = time.perf_counter()
 
     def _write(self, item: tuple[Any, ...]) -> None:
         ts, rid, version, inference, inputs, outputs, batch, index, shadow = item
@@ -229,8 +240,8 @@ class PredictionLog:
         lines: list[bytes] = []
         skipped = 0
         for i, out in enumerate(outputs):
-            if i % _YIELD_EVERY == _YIELD_EVERY - 1:
-                time.sleep(0)  # a batch's records too: the lock back now and then (see _run)
+            if i % 64 == 63:
+                self._breathe()  # a batch's records too
             record_id = f"{rid}:{i if index is None else index[i]}" if batch else rid
             if self.sample < 1.0 and zlib.crc32(record_id.encode()) >= self._keep_below:
                 skipped += 1
