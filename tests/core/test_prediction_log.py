@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from portfolio.bankchurn.spec import SPEC as BANK
 from portfolio.cli import app as cli_app
+from portfolio.core.monitoring import predictions
 from portfolio.core.monitoring.predictions import PredictionLog, read_log
 from portfolio.core.serving.api import create_app
 from portfolio.core.settings import Settings
@@ -127,28 +128,77 @@ def test_the_api_logs_what_it_answered(synth_trained: Settings, tmp_path: Path) 
     assert rows["abc-1"]["model_version"] == one.json()["model_version"]
 
 
-def test_the_apps_shutdown_drains_a_writer_that_is_behind(synth_trained: Settings, tmp_path: Path) -> None:
-    """The writer is held while requests are answered; leaving the app (uvicorn's shutdown on
-    SIGTERM runs the same lifespan) still writes every record."""
+def test_the_apps_shutdown_drains_a_writer_that_is_behind(
+    synth_trained: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The API writes its log from its event loop (``PredictionLog.attach``). Its writes are
+    held off (the next one an hour away) while requests are answered; leaving the app
+    (uvicorn's shutdown on SIGTERM runs the same lifespan) still writes every record, in order."""
+    monkeypatch.setattr(predictions, "FLUSH_INTERVAL_S", 3600.0)
     settings = synth_trained.model_copy(update={"prediction_log_dir": tmp_path})
     app = create_app(synthetic.CLASSIFIER, settings)
     plog = app.state.prediction_log
-    release = threading.Event()
-    write = plog._write
-
-    def held(item: tuple[Any, ...]) -> None:
-        release.wait(30)
-        write(item)
-
-    plog._write = held
     with TestClient(app) as c:
         wait_ready(c)
         for i in range(20):
             assert c.post("/predict", json=RECORD, headers={"X-Request-ID": f"h{i}"}).status_code == 200
+        batch = c.post("/predict/batch", json={"records": [RECORD] * 3}, headers={"X-Request-ID": "hb"})
+        assert batch.status_code == 200
+        assert plog._loop is not None and plog._thread is None  # the loop writes, no thread
         assert list(read_log(tmp_path, synthetic.CLASSIFIER.name)) == []  # all still queued
-        threading.Timer(0.5, release.set).start()
     rows = [r["request_id"] for r in read_log(tmp_path, synthetic.CLASSIFIER.name)]
-    assert rows == [f"h{i}" for i in range(20)]
+    assert rows == [f"h{i}" for i in range(20)] + ["hb:0", "hb:1", "hb:2"]
+
+
+def test_the_event_loop_writes_in_slices_and_wakes_when_half_full(tmp_path: Path) -> None:
+    """Written from an event loop: every FLUSH_INTERVAL_S, a large backlog a slice at a time
+    (other callbacks run between the slices), and at once when the queue passes half full."""
+    import asyncio
+
+    async def scenario() -> tuple[int, int, int]:
+        loop = asyncio.get_running_loop()
+        reg = CollectorRegistry()
+        plog = PredictionLog(tmp_path, "svc", queue_size=200_000, registry=reg)
+        plog.attach(loop)
+        plog.submit("one", "1", "compiled", {"a": [1]}, [{"s": 1}], batch=False)
+        await asyncio.sleep(predictions.FLUSH_INTERVAL_S * 4)
+        after_tick = len(list(read_log(tmp_path, "svc")))  # written by the timer, file flushed
+        ticks = 0
+
+        def count() -> None:
+            nonlocal ticks
+            ticks += 1
+
+        n = 60_000  # > 2 ms of serialising: more than one slice
+        plog.submit("big", "1", "compiled", {"a": list(range(n))}, [{"s": 1}] * n, batch=True)
+        plog.submit("big2", "1", "compiled", {"a": list(range(n))}, [{"s": 1}] * n, batch=True)
+        plog._tick()  # the first slice now: big2 is left for later
+        loop.call_soon(count)  # queued behind the rest of the backlog's first slice
+        partial = len(list(read_log(tmp_path, "svc")))
+        await asyncio.sleep(0)
+        await asyncio.sleep(predictions.FLUSH_INTERVAL_S * 4)
+        plog.close()
+        return after_tick, partial, ticks
+
+    after_tick, partial, ticks = asyncio.run(scenario())
+    assert after_tick == 1
+    assert 1 < partial < 1 + 120_000 and ticks == 1  # one slice written, the loop ran between
+    rows = list(read_log(tmp_path, "svc"))
+    assert len(rows) == 1 + 120_000 and rows[-1]["request_id"] == "big2:59999"
+
+    # Half full wakes the writer before its interval.
+    async def hurry() -> int:
+        loop = asyncio.get_running_loop()
+        plog = PredictionLog(tmp_path / "hurry", "svc", queue_size=10, registry=CollectorRegistry())
+        plog.attach(loop)
+        plog._timer.cancel()  # type: ignore[union-attr]  # no interval wake-up at all
+        plog.submit("h", "1", "compiled", {"a": list(range(6))}, [{"s": 1}] * 6, batch=True)
+        await asyncio.sleep(0.01)
+        written = len(list(read_log(tmp_path / "hurry", "svc")))
+        plog.close()
+        return written
+
+    assert asyncio.run(hurry()) == 6
 
 
 def test_sigterm_flushes_every_answered_record(bank_state: Settings, tmp_path: Path) -> None:

@@ -13,12 +13,15 @@ Files: ``<PORTFOLIO_PREDICTION_LOG_DIR>/<service>/<service>-<start>-<pid>-<tag>-
 per process (so API workers never interleave lines), a new file once the current one passes
 ``PORTFOLIO_PREDICTION_LOG_MAX_BYTES``.
 
-Off the hot path: a request only appends one item (its records, by reference) to a bounded queue
-that wakes nobody (``queueing.RecordQueue``); a background thread wakes every
-``FLUSH_INTERVAL_S`` (or at once when the queue is more than half full), then samples
-(``PORTFOLIO_PREDICTION_LOG_SAMPLE``, by a hash of the record's id, so a record's champion and
-shadow lines are kept or left out together), serialises and writes everything queued. When the
-queue is full the request's records are not logged and are counted in
+Mostly off the hot path: a request appends one item to a bounded queue that wakes nobody
+(``queueing.RecordQueue``); every ``FLUSH_INTERVAL_S`` (or at once when the queue is more than half
+full) the writer writes everything queued in one call. In the API the writer is a callback on its
+event loop (``attach``: a thread cost the event loop the interpreter lock, see there); elsewhere
+(the CLI) a background thread. Records are sampled (``PORTFOLIO_PREDICTION_LOG_SAMPLE``) by a
+hash of the record's id, so a record's champion and shadow lines are kept or left out together.
+A one-record request's line is serialised by the request itself (~3 µs); a batch's records are
+queued by reference and serialised by the writer, a slice at a time. When the queue is full
+the request's records are not logged and are counted in
 ``portfolio_prediction_log_records_total{outcome="dropped_queue_full"}`` (and a warning is
 logged), never silently. ``close()`` (the API's shutdown on SIGTERM/SIGINT) drains the queue and
 flushes the file.
@@ -36,6 +39,7 @@ to disk yet (no fsync).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -63,6 +67,8 @@ FLUSH_INTERVAL_S = 0.05
 OUTCOMES = ("written", "sampled_out", "dropped_queue_full", "write_error")
 # The writer gives the interpreter lock back after holding it this long (``_breathe``).
 _SLICE_S = 0.001
+# Written from an event loop (``attach``): a batch's records are serialised this long at a time.
+_LOOP_SLICE_S = 0.002
 
 
 class PredictionLog:
@@ -107,7 +113,7 @@ class PredictionLog:
         self._file: IO[bytes] | None = None
         self._path: Path | None = None
         self._size = 0  # bytes in the current file
-        self._second, self._second_text = -1, ""  # the last whole second _stamp formatted
+        self._second_text: tuple[int, str] = (-1, "")  # the last whole second _stamp formatted
         # Start time first (files sort in time order), then what tells processes and logs apart.
         now = time.time()
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}"
@@ -119,6 +125,8 @@ class PredictionLog:
         self.retention_s = retention_days * 86400.0
         self._pruned_at = 0.0
         self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # attach(): written from this loop
+        self._timer: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         self._slice_start = 0.0
 
@@ -161,7 +169,8 @@ class PredictionLog:
         index: Sequence[int] | None = None,
         shadow: bool = False,
     ) -> None:
-        """Queue one request's scored records (the hot path: no copy, no serialisation).
+        """Queue one request's scored records (the hot path: a batch's are queued by reference,
+        without a copy; one record is serialised here, ~3 µs).
 
         Args:
             request_id: The request's id; a batch's records get ``<id>:<index>``.
@@ -176,22 +185,107 @@ class PredictionLog:
         """
         if not self.enabled:
             return
-        if self._thread is None:
+        if self._thread is None and self._loop is None:
             self._start()
-        self._queue.offer(
-            (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow),
-            len(outputs),
+        if batch or len(outputs) != 1:
+            self._queue.offer(
+                (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow),
+                len(outputs),
+            )
+            return
+        # One record: its line now, so the writer holds the interpreter lock only to write.
+        if self.sample < 1.0 and zlib.crc32(request_id.encode()) >= self._keep_below:
+            self._counters["sampled_out"].inc()
+            return
+        line = self._line(
+            self._stamp(time.time()),
+            request_id,
+            model_version,
+            inference,
+            {n: v[0] for n, v in inputs.items()},
+            outputs[0],
+            shadow,
         )
+        if line is not None:
+            self._queue.offer(line, 1)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Write everything queued, flush and close the file (the API's shutdown)."""
+        """Write everything queued, flush and close the file (the API's shutdown; with an event
+        loop attached, call it from the loop's thread)."""
+        if self._loop is not None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._loop = None
+            self._queue.on_hurry = None
+            self._write_queued(budget_s=None)
+            self._close_file()
+            return
         if self._thread is None:
             return
         self._queue.stop()
         self._thread.join(timeout)
         self._thread = None
 
-    # -- the writer thread ---------------------------------------------------------------------
+    # -- writing from the API's event loop -----------------------------------------------------
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Write from ``loop`` instead of a thread of its own (the API, at startup; issue 33).
+
+        Every ``FLUSH_INTERVAL_S`` (at once when the queue is more than half full) a callback on
+        the loop writes what was queued in one call. A writer thread cost BankChurn's /predict
+        ~10% of its requests a second: each time it woke it took the interpreter lock from the
+        event loop and handed it back a few dozen times (0.2 context switches a request). The
+        price: the loop itself waits for that write, a few tens of µs into the page cache (the
+        access log's lines are written the same way); a batch's records are serialised ~2 ms
+        at a time, the loop answering other requests in between. Submitting from other threads
+        (the shadow scorer) stays safe: the queue is.
+        """
+        if not self.enabled or self._thread is not None:
+            return
+        self._loop = loop
+        self._queue.on_hurry = lambda: loop.call_soon_threadsafe(self._tick)
+        self._timer = loop.call_later(FLUSH_INTERVAL_S, self._tick)
+
+    def _tick(self) -> None:
+        if self._loop is None:
+            return  # closed (a wake-up scheduled before close)
+        if self._timer is not None:
+            self._timer.cancel()
+        more = self._write_queued(budget_s=_LOOP_SLICE_S)
+        if self._file is not None and not more:
+            self._file.flush()  # the queue was empty: what was written is in the OS now
+        # Left over (the slice ran out): the rest after the requests waiting now.
+        self._timer = self._loop.call_later(0 if more else FLUSH_INTERVAL_S, self._tick)
+
+    def _write_queued(self, budget_s: float | None) -> bool:
+        """Write queued items in queue order, for at most ``budget_s`` of serialising (None: all).
+
+        Returns:
+            Whether items are still queued because the budget ran out.
+        """
+        self._queue.woken()
+        start = time.perf_counter()
+        lines: list[bytes] = []
+        records = 0
+        more = False
+        while (taken := self._queue.pop()) is not None:
+            item, n = taken
+            records += n
+            if type(item) is bytes:
+                lines.append(item)
+                continue
+            lines.extend(self._lines(item))
+            if budget_s is not None and time.perf_counter() - start > budget_s:
+                more = not self._queue.empty()
+                break
+        try:
+            if lines:
+                self._append(lines)
+        finally:
+            self._queue.done(records)
+        return more
+
+    # -- the writer thread (the CLI, and an API before its loop is attached) ---------------------
     def _start(self) -> None:
         with self._lock:
             if self._thread is None:
@@ -205,19 +299,37 @@ class PredictionLog:
         while True:
             taken = self._queue.take()
             self._slice_start = time.perf_counter()
+            lines: list[bytes] = []  # one-record requests' lines, written together in queue order
             for item, records in taken:
+                if type(item) is bytes:
+                    lines.append(item)
+                    continue
+                self._append_done(lines)
                 try:
                     self._write(item)
                 finally:
                     self._queue.done(records)
                 self._breathe()
+            self._append_done(lines)
             if self._file is not None:
                 self._file.flush()  # the queue was empty: what was written is in the OS now
             if self._queue.stopping and self._queue.empty():  # close(): all queued before it is written
                 break
+        self._close_file()
+
+    def _close_file(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+    def _append_done(self, lines: list[bytes]) -> None:
+        """Write the waiting one-record lines (if any), free their room and empty the list."""
+        if lines:
+            try:
+                self._append(lines)
+            finally:
+                self._queue.done(len(lines))
+                lines.clear()
 
     def _breathe(self) -> None:
         """Give the interpreter lock back once this thread has held it ``_SLICE_S`` (issue 33).
@@ -233,6 +345,12 @@ class PredictionLog:
             self._slice_start = time.perf_counter()
 
     def _write(self, item: tuple[Any, ...]) -> None:
+        lines = self._lines(item, breathe=True)
+        if lines:
+            self._append(lines)
+
+    def _lines(self, item: tuple[Any, ...], breathe: bool = False) -> list[bytes]:
+        """A queued request's records as lines (those sampled out counted, not returned)."""
         ts, rid, version, inference, inputs, outputs, batch, index, shadow = item
         stamp = self._stamp(ts)
         names = list(inputs)
@@ -240,27 +358,51 @@ class PredictionLog:
         lines: list[bytes] = []
         skipped = 0
         for i, out in enumerate(outputs):
-            if i % 64 == 63:
-                self._breathe()  # a batch's records too
+            if breathe and i % 64 == 63:
+                self._breathe()  # the writer thread: a batch's records too
             record_id = f"{rid}:{i if index is None else index[i]}" if batch else rid
             if self.sample < 1.0 and zlib.crc32(record_id.encode()) >= self._keep_below:
                 skipped += 1
                 continue
-            record = {
-                "ts": stamp,
-                "request_id": record_id,
-                "service": self.service,
-                "model_version": version,
-                "inference": inference,
-                "inputs": {n: c[i] for n, c in zip(names, columns, strict=True)},
-                "outputs": out,
-                "shadow": shadow,
-            }
-            lines.append(orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY))
+            inputs_i = {n: c[i] for n, c in zip(names, columns, strict=True)}
+            line = self._line(stamp, record_id, version, inference, inputs_i, out, shadow)
+            if line is not None:
+                lines.append(line)
         if skipped:
             self._counters["sampled_out"].inc(skipped)
-        if not lines:
-            return
+        return lines
+
+    def _line(
+        self,
+        stamp: str,
+        record_id: str,
+        version: str,
+        inference: str,
+        inputs: Mapping[str, Any],
+        outputs: Mapping[str, Any],
+        shadow: bool,
+    ) -> bytes | None:
+        """One record's JSON line (without its newline); None, counted as ``write_error`` and
+        warned about, when a value cannot be written as JSON (an integer beyond 64 bits)."""
+        record = {
+            "ts": stamp,
+            "request_id": record_id,
+            "service": self.service,
+            "model_version": version,
+            "inference": inference,
+            "inputs": inputs,
+            "outputs": outputs,
+            "shadow": shadow,
+        }
+        try:
+            return orjson.dumps(record, default=str, option=orjson.OPT_SERIALIZE_NUMPY)
+        except orjson.JSONEncodeError as exc:
+            self._counters["write_error"].inc()
+            log.warning("%s: prediction log line %s not written (%s)", self.service, record_id, exc)
+            return None
+
+    def _append(self, lines: list[bytes]) -> None:
+        """Write lines to the current file in one call (counted written, or write_error)."""
         try:
             fh = self._current()
             data = b"\n".join(lines) + b"\n"
@@ -273,16 +415,18 @@ class PredictionLog:
 
     def _stamp(self, ts: float) -> str:
         """``ts`` as ISO 8601 UTC with microseconds, as ``datetime.isoformat`` writes it; the
-        date and time of day are formatted once per second (~0.5 instead of ~3 µs a record,
-        which the writer spends holding the interpreter lock the event loop needs)."""
+        date and time of day are formatted once per second (~0.5 instead of ~3 µs a record).
+        Called by requests and by the writer: the second and its text are kept as one tuple, so
+        neither ever sees one without the other."""
         second = int(ts)
         micro = round((ts - second) * 1e6)
         if micro >= 1_000_000:  # rounds up into the next second
             second, micro = second + 1, 0
-        if second != self._second:
-            self._second = second
-            self._second_text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        return f"{self._second_text}.{micro:06d}+00:00"
+        cached, text = self._second_text
+        if second != cached:
+            text = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            self._second_text = (second, text)
+        return f"{text}.{micro:06d}+00:00"
 
     def _current(self) -> IO[bytes]:
         # The size is counted, not asked of the file: tell() is a system call per write.

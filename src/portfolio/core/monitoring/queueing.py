@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class RecordQueue:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self.stopping = False
+        # Called (once until ``woken``) when the queue passes half full: a consumer that is not
+        # a thread waiting in ``take`` (the prediction log's event loop) is woken this way.
+        self.on_hurry: Callable[[], Any] | None = None
 
     def offer(self, item: Any, records: int) -> bool:
         """Queue ``item`` of ``records`` records if it fits (the hot path); False when refused."""
@@ -58,6 +62,8 @@ class RecordQueue:
             return False
         if hurry and not self._wake.is_set():
             self._wake.set()
+            if self.on_hurry is not None:
+                self.on_hurry()
         return True
 
     def take(self) -> list[tuple[Any, int]]:
@@ -70,6 +76,19 @@ class RecordQueue:
         while self._items:
             taken.append(self._items.popleft())
         return taken
+
+    def woken(self) -> None:
+        """A consumer that does not ``take``: it is handling the queue now (wake it again when
+        the queue next passes half full)."""
+        self._wake.clear()
+
+    def pop(self) -> tuple[Any, int] | None:
+        """The oldest queued (item, records), or None (for a consumer that does not ``take``;
+        call ``done`` with its records once handled)."""
+        try:
+            return self._items.popleft()
+        except IndexError:
+            return None
 
     def done(self, records: int) -> None:
         """``records`` records were handled: room for as many."""

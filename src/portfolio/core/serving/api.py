@@ -2,6 +2,7 @@
 it (routes/: ops, predict, explain, admin), the error handlers and the request middleware. A
 service contributes only its spec; nothing here is service-specific."""
 
+import asyncio
 import inspect
 import logging
 import time
@@ -44,6 +45,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # The prediction log is written from this loop, not a thread (PredictionLog.attach).
+        ctx.prediction_log.attach(asyncio.get_running_loop())
         ctx.holder.start()
         if ctx.shadow is not None:
             ctx.shadow.start()
