@@ -56,21 +56,27 @@ def test_column_transformer_matches_scikit_learn(scale: bool, rows: int) -> None
     np.testing.assert_allclose(compile_column_transformer(ct)(cols), ct.transform(test), atol=1e-12)
 
 
+@pytest.mark.parametrize("scale", [False, True])
 def test_one_row_requests_encode_like_the_batch_and_remember_a_bounded_number_of_values(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, scale: bool
 ) -> None:
-    """A request's row takes the remembered encodings of its text values (encoders.py
-    ``_one_text_row``): rows one at a time, with repeats, unseen and missing categories, equal
-    the batch's encoding bit for bit; unseen values fill a column's memory up to its bound."""
+    """A request's row is encoded in Python floats (encoders.py ``one_row``): its numbers through
+    the imputer and scaler's Python form, its text values through their remembered encodings.
+    Rows one at a time, with missing numbers, repeats, unseen and missing categories, equal the
+    batch's encoding bit for bit; unseen values fill a column's memory up to its bound."""
     import portfolio.core.fastpath.encoders as encoders
 
     monkeypatch.setattr(encoders, "_MEMO_VALUES", 6)
     train = _typed(300, 1)
-    ct = tabular_preprocessor(["x1", "x2", "noise"], ["color"], scale=True).fit(train)
+    train.loc[0:9, "x2"] = np.nan  # the imputer has a missing-value indicator to learn
+    ct = tabular_preprocessor(["x1", "x2", "noise"], ["color"], scale=scale).fit(train)
     test = _typed(120, 2)
     test.loc[0:3, "color"] = ["violet", None, "violet", "ultraviolet"]
     test.loc[4:19, "color"] = [f"unseen-{i}" for i in range(16)]
+    test.loc[[2, 30, 31], "x1"] = np.nan
+    test.loc[[3, 31, 77], "x2"] = np.nan
     fast = compile_column_transformer(ct)
+    assert fast._one_row_in_python  # the path under test, not numpy's
     records = test.to_dict("records")
     one_by_one = np.concatenate(
         [fast(to_columns([r], synthetic.FIELDS)) for r in records]  # type: ignore[list-item]
