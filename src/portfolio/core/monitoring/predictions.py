@@ -19,8 +19,8 @@ full) the writer writes everything queued in one call. In the API the writer is 
 event loop (``attach``: a thread cost the event loop the interpreter lock, see there); elsewhere
 (the CLI) a background thread. Records are sampled (``PORTFOLIO_PREDICTION_LOG_SAMPLE``) by a
 hash of the record's id, so a record's champion and shadow lines are kept or left out together.
-A one-record request's line is serialised by the request itself (~3 µs); a batch's records are
-queued by reference and serialised by the writer, a slice at a time. When the queue is full
+A request's records are queued by reference and serialised by the writer, from the event loop a
+slice at a time. When the queue is full
 the request's records are not logged and are counted in
 ``portfolio_prediction_log_records_total{outcome="dropped_queue_full"}`` (and a warning is
 logged), never silently. ``close()`` (the API's shutdown on SIGTERM/SIGINT) drains the queue and
@@ -169,8 +169,7 @@ class PredictionLog:
         index: Sequence[int] | None = None,
         shadow: bool = False,
     ) -> None:
-        """Queue one request's scored records (the hot path: a batch's are queued by reference,
-        without a copy; one record is serialised here, ~3 µs).
+        """Queue one request's scored records (the hot path: by reference, no copy, no serialisation).
 
         Args:
             request_id: The request's id; a batch's records get ``<id>:<index>``.
@@ -187,27 +186,10 @@ class PredictionLog:
             return
         if self._thread is None and self._loop is None:
             self._start()
-        if batch or len(outputs) != 1:
-            self._queue.offer(
-                (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow),
-                len(outputs),
-            )
-            return
-        # One record: its line now, so the writer holds the interpreter lock only to write.
-        if self.sample < 1.0 and zlib.crc32(request_id.encode()) >= self._keep_below:
-            self._counters["sampled_out"].inc()
-            return
-        line = self._line(
-            self._stamp(time.time()),
-            request_id,
-            model_version,
-            inference,
-            {n: v[0] for n, v in inputs.items()},
-            outputs[0],
-            shadow,
+        self._queue.offer(
+            (time.time(), request_id, model_version, inference, inputs, outputs, batch, index, shadow),
+            len(outputs),
         )
-        if line is not None:
-            self._queue.offer(line, 1)
 
     def close(self, timeout: float = 30.0) -> None:
         """Write everything queued, flush and close the file (the API's shutdown; with an event
@@ -232,13 +214,13 @@ class PredictionLog:
         """Write from ``loop`` instead of a thread of its own (the API, at startup; issue 33).
 
         Every ``FLUSH_INTERVAL_S`` (at once when the queue is more than half full) a callback on
-        the loop writes what was queued in one call. A writer thread cost BankChurn's /predict
-        ~10% of its requests a second: each time it woke it took the interpreter lock from the
-        event loop and handed it back a few dozen times (0.2 context switches a request). The
-        price: the loop itself waits for that write, a few tens of µs into the page cache (the
-        access log's lines are written the same way); a batch's records are serialised ~2 ms
-        at a time, the loop answering other requests in between. Submitting from other threads
-        (the shadow scorer) stays safe: the queue is.
+        the loop serialises what was queued (~3 µs a record) and writes it in one call, at most
+        ~2 ms of serialising at a time (the loop answers the requests waiting in between). A
+        writer thread cost BankChurn's /predict ~10% of its requests a second: each time it woke
+        it took the interpreter lock from the event loop and handed it back a few dozen times
+        (0.2 context switches a request). The price: the loop itself waits for the write, a few
+        tens of µs into the page cache, as it does for the access log's lines. Submitting from
+        other threads (the shadow scorer) stays safe: the queue is.
         """
         if not self.enabled or self._thread is not None:
             return
@@ -271,9 +253,6 @@ class PredictionLog:
         while (taken := self._queue.pop()) is not None:
             item, n = taken
             records += n
-            if type(item) is bytes:
-                lines.append(item)
-                continue
             lines.extend(self._lines(item))
             if budget_s is not None and time.perf_counter() - start > budget_s:
                 more = not self._queue.empty()
@@ -299,18 +278,12 @@ class PredictionLog:
         while True:
             taken = self._queue.take()
             self._slice_start = time.perf_counter()
-            lines: list[bytes] = []  # one-record requests' lines, written together in queue order
             for item, records in taken:
-                if type(item) is bytes:
-                    lines.append(item)
-                    continue
-                self._append_done(lines)
                 try:
                     self._write(item)
                 finally:
                     self._queue.done(records)
                 self._breathe()
-            self._append_done(lines)
             if self._file is not None:
                 self._file.flush()  # the queue was empty: what was written is in the OS now
             if self._queue.stopping and self._queue.empty():  # close(): all queued before it is written
@@ -321,15 +294,6 @@ class PredictionLog:
         if self._file is not None:
             self._file.close()
             self._file = None
-
-    def _append_done(self, lines: list[bytes]) -> None:
-        """Write the waiting one-record lines (if any), free their room and empty the list."""
-        if lines:
-            try:
-                self._append(lines)
-            finally:
-                self._queue.done(len(lines))
-                lines.clear()
 
     def _breathe(self) -> None:
         """Give the interpreter lock back once this thread has held it ``_SLICE_S`` (issue 33).
