@@ -14,6 +14,7 @@ from sklearn.pipeline import Pipeline
 from portfolio.bankchurn.spec import SPEC as BANKCHURN
 from portfolio.core.fastpath.columns import (
     NotCompilable,
+    OneRecord,
     equal_to,
     filled_like,
     frame_to_columns,
@@ -85,6 +86,36 @@ def test_one_row_requests_encode_like_the_batch_and_remember_a_bounded_number_of
     np.testing.assert_allclose(one_by_one, ct.transform(test), atol=1e-12)
     text_blocks = [b for b in fast.blocks if b.categorical]
     assert text_blocks and all(len(m) == 6 for b in text_blocks for m in b._memo)
+
+
+def test_one_record_is_its_columns_and_the_encoder_reads_its_values() -> None:
+    """``OneRecord`` (the API's one-record columns) is a mapping equal to ``to_columns``' for the
+    same values, and the encoder encodes it from its values: once a text value is remembered,
+    without building any column."""
+    train = _typed(300, 1)
+    train.loc[0:9, "x2"] = np.nan
+    ct = tabular_preprocessor(["x1", "x2", "noise"], ["color"], scale=True).fit(train)
+    fast = compile_column_transformer(ct)
+    test = _typed(60, 2)
+    test.loc[[1, 5], "x1"] = np.nan
+    test.loc[[2, 5], "color"] = None
+    test.loc[3, "color"] = "violet"  # unseen
+    records = test.to_dict("records")
+    batch = fast(to_columns(records, synthetic.FIELDS))  # type: ignore[arg-type]
+    for i, record in enumerate(records * 2):  # the second time, every text value is remembered
+        values = {f.name: (record.get(f.name),) for f in synthetic.FIELDS}
+        cols = to_columns(None, synthetic.FIELDS, values)
+        one = OneRecord(values, synthetic.FIELDS)
+        encoded = fast(one)
+        assert i < len(records) or one._built == {}  # read from the values, no column built
+        np.testing.assert_array_equal(encoded, batch[i % len(records) : i % len(records) + 1])
+        np.testing.assert_array_equal(encoded, fast(cols))
+        assert list(one) == list(cols) and len(one) == len(cols)
+        for name, column in cols.items():
+            assert one[name].dtype == column.dtype
+            np.testing.assert_array_equal(one[name], column)
+    with pytest.raises(KeyError):
+        one["not a field"]
 
 
 def test_records_become_the_same_columns_with_or_without_every_field() -> None:

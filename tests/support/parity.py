@@ -45,6 +45,13 @@ def assert_fast_path_parity(spec: ServiceSpec, settings: Settings, data_dir: Pat
         [predictor.scores_frame(typed.iloc[i : i + 1]) for i in range(min(200, len(typed)))]
     )
     np.testing.assert_array_equal(single, fast[: len(single)])
+    # The API's /predict: one record's JSON values (fastpath.columns.OneRecord where it applies).
+    score_column = spec.strategy.score_column(spec)
+    api = [
+        predictor.predict_columns(None, True, {f.name: (r.get(f.name),) for f in spec.fields})[score_column]
+        for r in json_records(spec, sample.loc[typed.index[: len(single)]])
+    ]
+    np.testing.assert_array_equal(np.concatenate(api), single)
     X = typed[spec.feature_names]
     if spec.task == "classification":
         expected = reference.predict_proba(X)[:, 1]

@@ -15,7 +15,14 @@ from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-from portfolio.core.fastpath.columns import SMALL_BATCH_ROWS, Columns, Matrix, NotCompilable, same_values
+from portfolio.core.fastpath.columns import (
+    SMALL_BATCH_ROWS,
+    Columns,
+    Matrix,
+    NotCompilable,
+    OneRecord,
+    same_values,
+)
 
 # --------------------------------------------------------------------------- column transformer
 # Values remembered per text column for one-row requests (``_ColumnBlock._one_text_row``).
@@ -208,18 +215,15 @@ class _ColumnBlock:
         steps all have a Python form (imputer, scaler)."""
         return self.categorical or self._row_ops is not None
 
-    def one_row(self, cols: Columns) -> list[float]:
+    def one_row(self, cols: Mapping[str, Any], first: Mapping[str, Any]) -> list[float]:
         """The encoding of a one-row ``cols``, in output order, as Python floats: what ``self(cols)``
-        gives, without numpy's per-call cost on a request's few values (issue 33)."""
+        gives, without numpy's per-call cost on a request's few values (issue 33). ``first``:
+        each column's value (``OneRecord.first``, or row 0 of ``cols``)."""
         if self.categorical:
-            return self._one_text_values(cols)
+            return self._one_text_values(cols, first)
         if self._row_ops is None:
             return self._columns(cols, 1)[0].tolist()
-        return self._one_number_row(cols)
-
-    def _one_number_row(self, cols: Columns) -> list[float]:
-        assert self._row_ops is not None
-        row = [_NAN if (v := cols[c][0]) is None else float(v) for c in self.columns]  # as np.array does
+        row = [_NAN if (v := first[c]) is None else float(v) for c in self.columns]  # as np.array does
         for op in self._row_ops:
             row = op(row)
         return row
@@ -229,13 +233,13 @@ class _ColumnBlock:
             m = op(m)
         return np.asarray(m, dtype=np.float64)
 
-    def __call__(self, cols: Columns) -> Matrix:
+    def __call__(self, cols: Mapping[str, Any]) -> Matrix:
         n = len(cols[self.columns[0]])
         if n == 1 and self.categorical:
             return self._one_text_row(cols)
         return self._columns(cols, n)
 
-    def _columns(self, cols: Columns, n: int) -> Matrix:
+    def _columns(self, cols: Mapping[str, Any], n: int) -> Matrix:
         # Filled column by column: one copy at any size (np.column_stack costs ~0.5 µs per
         # column on a request; building rows then transposing copies a 100k-row chunk twice).
         dtype = object if self.categorical else np.float64
@@ -246,39 +250,39 @@ class _ColumnBlock:
             m[:, j] = cols[c]
         return self._run(m)
 
-    def _one_text_row(self, cols: Columns) -> Matrix:
+    def _one_text_row(self, cols: Mapping[str, Any]) -> Matrix:
         """One row: when each column's value (text or missing) was seen before, its outputs as
         then; else the steps, whose outputs each column then remembers for its value. The same
         numbers (every step works column by column), without the object-array steps, which were a
         third of a BankChurn request's model time (issue 33). At most ``_MEMO_VALUES`` values a
         column: unknown values are not all remembered (a client could send endless new ones)."""
-        hits = self._remembered(cols)
+        hits = self._remembered({c: cols[c][0] for c in self.columns})
         if hits is not None:
             out = np.empty((1, self.width), dtype=np.float64)
             out[0, self._order] = hits
             return out
         return self._remember(cols)
 
-    def _one_text_values(self, cols: Columns) -> list[float]:
+    def _one_text_values(self, cols: Mapping[str, Any], first: Mapping[str, Any]) -> list[float]:
         """``_one_text_row`` as a list in output order (``one_row``)."""
-        hits = self._remembered(cols)
+        hits = self._remembered(first)
         if hits is None:
             return self._remember(cols)[0].tolist()
         return [hits[i] for i in self._unorder]
 
-    def _remembered(self, cols: Columns) -> list[float] | None:
-        """Each column's remembered outputs for its value, one column after the other, or None
-        when a value was not seen before."""
+    def _remembered(self, first: Mapping[str, Any]) -> list[float] | None:
+        """Each column's remembered outputs for its value (``first``: each column's value), one
+        column after the other, or None when a value was not seen before."""
         out: list[float] = []
         for memo, c in zip(self._memo, self.columns, strict=True):
-            v = cols[c][0]
+            v = first[c]
             hit = memo.get(v) if v is None or type(v) is str else None  # others: never remembered
             if hit is None:
                 return None
             out += hit
         return out
 
-    def _remember(self, cols: Columns) -> Matrix:
+    def _remember(self, cols: Mapping[str, Any]) -> Matrix:
         result = self._columns(cols, 1)
         for memo, c, outputs in zip(self._memo, self.columns, self.outputs, strict=True):
             v = cols[c][0]
@@ -321,10 +325,17 @@ class CompiledColumnTransformer:
             offset += block.width
         self._one_row_in_python = bool(self.blocks) and all(b.one_row_in_python for b in self.blocks)
 
-    def __call__(self, cols: Columns) -> Matrix:
-        if self._one_row_in_python and len(cols[self.blocks[0].columns[0]]) == 1:
+    def __call__(self, cols: Mapping[str, Any]) -> Matrix:
+        if self._one_row_in_python:
             # A request's row: one array from the blocks' Python floats (~10 numpy calls fewer).
-            return np.array([[x for b in self.blocks for x in b.one_row(cols)]], dtype=np.float64)
+            if type(cols) is OneRecord:
+                first: Mapping[str, Any] = cols.first
+            elif len(cols[self.blocks[0].columns[0]]) == 1:
+                first = {c: cols[c][0] for c in self.inputs}
+            else:
+                first = {}
+            if first:
+                return np.array([[x for b in self.blocks for x in b.one_row(cols, first)]], dtype=np.float64)
         return np.concatenate([b(cols) for b in self.blocks], axis=1)
 
     def patch(

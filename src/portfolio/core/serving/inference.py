@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ from portfolio.core.fastpath.columns import (
     SMALL_BATCH_ROWS,
     Columns,
     NotCompilable,
+    OneRecord,
     frame_to_columns,
     to_columns,
 )
@@ -53,6 +54,14 @@ class Predictor:
             except NotCompilable as exc:
                 self.inference = f"pipeline (not compilable: {exc})"
                 log.warning("%s v%s: serving through the pipeline: %s", spec.name, self.version, exc)
+        # One record goes to the compiled encoder as its values (fastpath.columns.OneRecord) when
+        # nothing else reads its columns: no feature steps, no extra outputs, no date fields.
+        self._one_record = (
+            self._fast is not None
+            and not self._fast.column_steps
+            and spec.extra_outputs is None
+            and all(f.kind in ("int", "float", "text", "category") for f in spec.fields)
+        )
 
     @property
     def compiled(self) -> bool:
@@ -146,7 +155,11 @@ class Predictor:
     ) -> dict[str, np.ndarray]:
         """``predict_records``' outputs as one array per output column (``records`` may be None
         when ``values`` are given)."""
-        return self._outputs(to_columns(records, self.spec.fields, values), explain)
+        fields = self.spec.fields
+        if values is not None and self._one_record and len(values[fields[0].name]) == 1:
+            # A Mapping of lazily built columns; the compiled path reads its values (issue 33).
+            return self._outputs(cast(Columns, OneRecord(values, fields)), explain)
+        return self._outputs(to_columns(records, fields, values), explain)
 
 
 def as_records(
