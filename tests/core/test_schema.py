@@ -15,6 +15,7 @@ from portfolio.core.schema import (
     parse_date,
     plain_batch_decoder,
     plain_dict_validators,
+    plain_record_decoder,
     request_model,
     validate_frame,
 )
@@ -219,3 +220,29 @@ def test_plainly_valid_batches_are_accepted_by_the_request_models_with_the_same_
     # Both paths were exercised: plainly valid batches, and ones only the models accept (5.0 for
     # an int, a date with spaces, ...).
     assert fast_taken >= 20 and converted >= 1, (fast_taken, converted)
+
+    # One record (``/predict``'s ``plain_record_decoder``): the same rule against the record model.
+    record_validator, _ = plain_dict_validators(record, batch)
+    decode_one = plain_record_decoder(fields)
+    singles = [json.dumps(v).encode() for v in [base, *variants]]
+    singles += [b"{", b"", json.dumps(base).encode() + b" x", b"null", b"[]", json.dumps([base]).encode()]
+    fast_taken = converted = 0
+    for text in singles:
+        fast = decode_one(text)
+        try:
+            slow_one = record_validator.validate_json(text)
+        except pydantic.ValidationError:
+            assert fast is None, text  # the fast path accepted something the model rejects
+            continue
+        if fast is None:
+            converted += 1
+            continue
+        fast_taken += 1
+        assert fast.rows == 1 and all(len(v) == 1 for v in fast.values.values())
+        got, want = to_columns(None, fields, fast.values), to_columns([slow_one], fields)
+        for f in fields:
+            if f.kind in ("int", "float", "date"):
+                assert np.array_equal(got[f.name], want[f.name], equal_nan=True), (f.name, text)
+            else:
+                assert got[f.name].tolist() == want[f.name].tolist(), (f.name, text)
+    assert fast_taken >= 5 and converted >= 1, (fast_taken, converted)

@@ -18,7 +18,13 @@ from portfolio.core.monitoring.live import DriftCollector, LiveMonitor
 from portfolio.core.monitoring.performance import RealizedCollector, latest_path
 from portfolio.core.monitoring.predictions import PredictionLog
 from portfolio.core.monitoring.shadow import ShadowScorer
-from portfolio.core.schema import PlainBatch, plain_batch_decoder, plain_dict_validators, request_model
+from portfolio.core.schema import (
+    PlainBatch,
+    plain_batch_decoder,
+    plain_dict_validators,
+    plain_record_decoder,
+    request_model,
+)
 from portfolio.core.serving.errors import AccessDenied, ModelUnavailable
 from portfolio.core.serving.inference import ModelHolder, Predictor, as_records
 from portfolio.core.serving.metrics import Metrics
@@ -65,6 +71,7 @@ class ServingContext:
         # pydantic-core validators themselves (routes/predict.py says why).
         self.record_validator, self.batch_validator = plain_dict_validators(self.Record, self.Batch)
         self._decode_plain_batch = plain_batch_decoder(spec.fields, settings.max_batch_size)
+        self._decode_plain_record = plain_record_decoder(spec.fields)
         self._api_keys = _keys(settings.api_keys)
         self._admin_keys = _keys(settings.admin_api_keys)
         self._prediction_counters: dict[str, Any] = {}
@@ -94,6 +101,16 @@ class ServingContext:
             return validator.validate_json(body)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors(include_url=False)) from None
+
+    def record_values(self, body: bytes) -> dict[str, Sequence[Any]]:
+        """One record's body → each field's value (a one-value column): decoded and checked in
+        one pass when every value is plainly valid, else by the request model, which also
+        converts what it may and names every error."""
+        plain = self._decode_plain_record(body)
+        if plain is not None:
+            return plain.values
+        record = self.parse(body, self.record_validator)
+        return {f.name: (record.get(f.name),) for f in self.spec.fields}
 
     def batch_values(self, body: bytes) -> PlainBatch:
         """A batch's size and each field's values: decoded and checked in one pass when every

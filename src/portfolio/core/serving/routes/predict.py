@@ -44,9 +44,9 @@ def body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 def _score_one(ctx: ServingContext, body: bytes, explain: bool) -> dict[str, Any]:
     """``POST /predict`` after the key check: one record's JSON body → its answer."""
-    record = ctx.parse(body, ctx.record_validator)
+    values = ctx.record_values(body)
     p = ctx.require_model()
-    return ctx.respond(p, 1, {f.name: (record.get(f.name),) for f in ctx.spec.fields}, explain)[0]
+    return ctx.respond(p, 1, values, explain)[0]
 
 
 def _score_batch(ctx: ServingContext, body: bytes, explain: bool) -> dict[str, Any]:
