@@ -317,6 +317,11 @@ class PredictionLog:
         """A queued request's records as lines (those sampled out counted, not returned)."""
         ts, rid, version, inference, inputs, outputs, batch, index, shadow = item
         stamp = self._stamp(ts)
+        if not batch and len(outputs) == 1 and self.sample >= 1.0:  # /predict's: the common case
+            line = self._line(
+                stamp, rid, version, inference, {n: c[0] for n, c in inputs.items()}, outputs[0], shadow
+            )
+            return [] if line is None else [line]
         names = list(inputs)
         columns = [inputs[n] for n in names]
         lines: list[bytes] = []
