@@ -110,6 +110,16 @@ def rss_bytes(pid: int) -> int:
     return int(total)
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a server process and any children have used so far."""
+    proc = psutil.Process(pid)
+    total = sum(proc.cpu_times()[:2])
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += sum(child.cpu_times()[:2])
+    return float(total)
+
+
 class RssSampler(threading.Thread):
     """Samples a server's resident memory (``rss_bytes``) every ``every_s`` until ``done`` is set;
     ``window_mb`` is the median of the first or last ``seconds`` of samples."""

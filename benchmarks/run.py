@@ -149,7 +149,9 @@ def cli_throughput(settings: Settings) -> dict[str, float]:
     }
 
 
-FLOOR_ROUNDS = 4
+FLOOR_ROUNDS = 8
+# Each server's first seconds of load, not counted: both start cold (first requests fill caches).
+FLOOR_WARMUP_S = 2
 
 
 def floor_section(settings: Settings) -> list[str]:
@@ -157,7 +159,8 @@ def floor_section(settings: Settings) -> list[str]:
     same load, and each API worker's resident memory with its model loaded and warm.
 
     The floor server runs throughout; for each service the load alternates between the floor and
-    the service, FLOOR_ROUNDS times WRK_SECONDS / FLOOR_ROUNDS s each, so both see the same
+    the service, FLOOR_ROUNDS times 2 * WRK_SECONDS / FLOOR_ROUNDS s each (after
+    FLOOR_WARMUP_S of load on each, not counted), so both see the same
     machine (this VM is shared: its speed moves within minutes). A service's share is its
     requests over the floor's in its rounds. RSS is `make soak`'s: the server's process tree,
     sampled every 0.5 s while it is up, median of the last 10 s.
@@ -170,11 +173,20 @@ def floor_section(settings: Settings) -> list[str]:
     """
     load_start = os.getloadavg()
     body = sample_records(SERVICES["bankchurn"], settings, 1)[0]  # what the floor decodes
-    seconds = max(1, WRK_SECONDS // FLOOR_ROUNDS)
+
+    def timed_wrk(pid: int, url: str, record: dict[str, Any], seconds: int) -> dict[str, float]:
+        """A wrk round, with the CPU time the server spent in it (user + system, every thread)."""
+        before = loadgen.cpu_seconds(pid)
+        result = dict(loadgen.run_wrk(url, record, 8, seconds))
+        result["cpu_s"] = loadgen.cpu_seconds(pid) - before
+        return result
+
+    seconds = max(1, (2 * WRK_SECONDS) // FLOOR_ROUNDS)
 
     def summary(runs: list[dict[str, float]]) -> dict[str, float]:
         return {
             "rps": sum(r["requests"] for r in runs) / (seconds * len(runs)),
+            "cpu_us": 1e6 * sum(r["cpu_s"] for r in runs) / max(sum(r["requests"] for r in runs), 1),
             "p50_ms": float(np.median([r["p50_ms"] for r in runs])),
             "p99_ms": float(np.median([r["p99_ms"] for r in runs])),
             "errors": sum(r["errors"] + r["socket_errors"] for r in runs),
@@ -194,9 +206,11 @@ def floor_section(settings: Settings) -> list[str]:
             ours: list[dict[str, float]] = []
             floor: list[dict[str, float]] = []
             try:
+                loadgen.run_wrk(f"{floor_base}/predict", body, 8, FLOOR_WARMUP_S)
+                loadgen.run_wrk(f"{base}/predict", rec, 8, FLOOR_WARMUP_S)
                 for _ in range(FLOOR_ROUNDS):
-                    floor.append(loadgen.run_wrk(f"{floor_base}/predict", body, 8, seconds))
-                    ours.append(loadgen.run_wrk(f"{base}/predict", rec, 8, seconds))
+                    floor.append(timed_wrk(floor_proc.pid, f"{floor_base}/predict", body, seconds))
+                    ours.append(timed_wrk(proc.pid, f"{base}/predict", rec, seconds))
             finally:
                 sampler.done.set()
                 sampler.join()
@@ -217,19 +231,22 @@ def floor_section(settings: Settings) -> list[str]:
         "The floor (`benchmarks/floor.py`) is bare FastAPI: read the body, decode it with msgspec,",
         "answer a constant; started like the services (uvicorn, one worker, no access log). The same",
         f"load (wrk, 1 thread, 8 connections, one record per POST) alternates {FLOOR_ROUNDS} times between",
-        f"the floor and each service, {seconds} s each; share = the service's requests over the",
-        "floor's in those rounds; p50/p99 are the median of the rounds'. RSS: the worker's resident",
+        f"the floor and each service, {seconds} s each, after {FLOOR_WARMUP_S} s of load on each that is not",
+        "counted; share = the service's requests over the floor's in those rounds; p50/p99 are the",
+        "median of the rounds'; CPU = the server's CPU time (user + system) per request in those rounds,",
+        "which this VM's stolen time moves less than the request rate. RSS: the worker's resident",
         "memory sampled every 0.5 s, median of the last 10 s (`make soak`'s method), with the model",
         f"loaded and warm; the floor's own worker: {floor_rss.window_mb(False, 10.0):.0f} MB.",
         "",
         "| service | `/predict` req/s | p50 (ms) | p99 (ms) | errors | floor req/s (same rounds) "
-        "| share of the floor | RSS per worker (MB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| share of the floor | CPU µs/request (floor's) | RSS per worker (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r, f, rss in rows:
         lines.append(
             f"| {name} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']:.0f} | "
-            f"{f['rps']:,.0f} | {r['rps'] / f['rps']:.0%} | {rss:.0f} |"
+            f"{f['rps']:,.0f} | {r['rps'] / f['rps']:.0%} | {r['cpu_us']:.0f} ({f['cpu_us']:.0f}) | "
+            f"{rss:.0f} |"
         )
     lines += ["", FLOOR_END]
     print("\n".join(lines), flush=True)
