@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -168,11 +169,40 @@ def _candidates(f: Field) -> list[object]:
     return values
 
 
+def _fast_against_models(
+    decode: Any, validate: Any, texts: list[bytes], fields: tuple[Field, ...]
+) -> tuple[int, int]:
+    """Each body through a fast decoder and through the request models (``validate``: the
+    validated records). The decoder may only accept what the models accept, with the same
+    columns. Returns how many bodies it took, and how many only the models did."""
+    from portfolio.core.fastpath.columns import to_columns
+
+    fast_taken = converted = 0
+    for text in texts:
+        fast = decode(text)
+        try:
+            slow = validate(text)
+        except pydantic.ValidationError:
+            assert fast is None, text  # the fast path accepted something the models reject
+            continue
+        if fast is None:
+            converted += 1
+            continue
+        fast_taken += 1
+        assert fast.rows == len(slow) and all(len(v) == fast.rows for v in fast.values.values())
+        got, want = to_columns(None, fields, fast.values), to_columns(slow, fields)
+        for f in fields:
+            if f.kind in ("int", "float", "date"):
+                assert np.array_equal(got[f.name], want[f.name], equal_nan=True), (f.name, text)
+            else:
+                assert got[f.name].tolist() == want[f.name].tolist(), (f.name, text)
+    return fast_taken, converted
+
+
 @pytest.mark.parametrize("service", ["bankchurn", "carvision", "telecom", "synthetic"])
 def test_plainly_valid_batches_are_accepted_by_the_request_models_with_the_same_columns(service: str) -> None:
     """``plain_batch_decoder`` (the batch endpoint's fast path) may only accept what the
     request models accept, and must give the same columns; anything else it leaves to them."""
-    from portfolio.core.fastpath.columns import to_columns
     from portfolio.services import SERVICES
 
     fields = FIELDS if service == "synthetic" else SERVICES[service].fields
@@ -198,25 +228,8 @@ def test_plainly_valid_batches_are_accepted_by_the_request_models_with_the_same_
     decode = plain_batch_decoder(fields, 4)
     texts = [json.dumps(body).encode() for body in bodies]
     texts += [b"{", b"", b'{"records": [' + json.dumps(base).encode() + b"]} x", b"null"]  # not JSON
-    fast_taken = converted = 0
-    for body, text in zip([*bodies, *texts[len(bodies) :]], texts, strict=True):
-        fast = decode(text)
-        try:
-            slow = batch_validator.validate_json(text)["records"]
-        except pydantic.ValidationError:
-            assert fast is None, body  # the fast path accepted something the models reject
-            continue
-        if fast is None:
-            converted += 1
-            continue
-        fast_taken += 1
-        assert fast.rows == len(slow)
-        got, want = to_columns(None, fields, fast.values), to_columns(slow, fields)
-        for f in fields:
-            if f.kind in ("int", "float", "date"):
-                assert np.array_equal(got[f.name], want[f.name], equal_nan=True), (f.name, body)
-            else:
-                assert got[f.name].tolist() == want[f.name].tolist(), (f.name, body)
+    validate_batch = lambda text: batch_validator.validate_json(text)["records"]  # noqa: E731
+    fast_taken, converted = _fast_against_models(decode, validate_batch, texts, fields)
     # Both paths were exercised: plainly valid batches, and ones only the models accept (5.0 for
     # an int, a date with spaces, ...).
     assert fast_taken >= 20 and converted >= 1, (fast_taken, converted)
@@ -226,23 +239,6 @@ def test_plainly_valid_batches_are_accepted_by_the_request_models_with_the_same_
     decode_one = plain_record_decoder(fields)
     singles = [json.dumps(v).encode() for v in [base, *variants]]
     singles += [b"{", b"", json.dumps(base).encode() + b" x", b"null", b"[]", json.dumps([base]).encode()]
-    fast_taken = converted = 0
-    for text in singles:
-        fast = decode_one(text)
-        try:
-            slow_one = record_validator.validate_json(text)
-        except pydantic.ValidationError:
-            assert fast is None, text  # the fast path accepted something the model rejects
-            continue
-        if fast is None:
-            converted += 1
-            continue
-        fast_taken += 1
-        assert fast.rows == 1 and all(len(v) == 1 for v in fast.values.values())
-        got, want = to_columns(None, fields, fast.values), to_columns([slow_one], fields)
-        for f in fields:
-            if f.kind in ("int", "float", "date"):
-                assert np.array_equal(got[f.name], want[f.name], equal_nan=True), (f.name, text)
-            else:
-                assert got[f.name].tolist() == want[f.name].tolist(), (f.name, text)
+    validate_one = lambda text: [record_validator.validate_json(text)]  # noqa: E731
+    fast_taken, converted = _fast_against_models(decode_one, validate_one, singles, fields)
     assert fast_taken >= 5 and converted >= 1, (fast_taken, converted)
