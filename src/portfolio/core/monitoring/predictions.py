@@ -20,8 +20,7 @@ event loop (``attach``: a thread cost the event loop the interpreter lock, see t
 (the CLI) a background thread. Records are sampled (``PORTFOLIO_PREDICTION_LOG_SAMPLE``) by a
 hash of the record's id, so a record's champion and shadow lines are kept or left out together.
 A request's records are queued by reference and serialised by the writer, from the event loop a
-slice at a time. When the queue is full
-the request's records are not logged and are counted in
+slice at a time. When the queue is full the request's records are not logged and are counted in
 ``portfolio_prediction_log_records_total{outcome="dropped_queue_full"}`` (and a warning is
 logged), never silently. ``close()`` (the API's shutdown on SIGTERM/SIGINT) drains the queue and
 flushes the file.
@@ -385,8 +384,8 @@ class PredictionLog:
     def _stamp(self, ts: float) -> str:
         """``ts`` as ISO 8601 UTC with microseconds, as ``datetime.isoformat`` writes it; the
         date and time of day are formatted once per second (~0.5 instead of ~3 µs a record).
-        Called by requests and by the writer: the second and its text are kept as one tuple, so
-        neither ever sees one without the other."""
+        The second and its text are kept as one tuple, so that no caller sees one without the
+        other."""
         second = int(ts)
         micro = round((ts - second) * 1e6)
         if micro >= 1_000_000:  # rounds up into the next second
